@@ -1,0 +1,8 @@
+"""Deep Q-learning for Gymnasium, as a PyTorch Lightning project."""
+
+from lit_dqn.buffer import ReplayBuffer
+from lit_dqn.data import GymDataModule
+from lit_dqn.module import DQN
+
+__all__ = ["DQN", "GymDataModule", "ReplayBuffer"]
+__version__ = "0.1.0"

@@ -1,0 +1,40 @@
+"""The temporal-difference target and loss of DQN, as pure functions so tests can check them by hand."""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def td_targets(
+    rewards: Tensor,
+    next_q_target: Tensor,
+    terminated: Tensor,
+    gamma: float,
+    next_q_online: Tensor | None = None,
+) -> Tensor:
+    """One-step TD targets ``r + γ · (1 − terminated) · Q′(s′, a*)``, without gradient.
+
+    Only *termination* zeroes the bootstrap: a time-limit truncation is not the end of the task, so
+    its next state is still bootstrapped (the replay buffer stores ``terminated``, never ``truncated``).
+    ``a*`` is the target network's argmax (DQN) or, when ``next_q_online`` is given, the online
+    network's argmax evaluated by the target network (Double DQN).
+
+    Shapes: ``rewards`` and ``terminated`` ``[B]``; ``next_q_*`` ``[B, n_actions]``; returns ``[B]``.
+    """
+    with torch.no_grad():
+        if next_q_online is None:
+            next_values = next_q_target.max(dim=1).values
+        else:
+            best = next_q_online.argmax(dim=1, keepdim=True)  # [B, 1]
+            next_values = next_q_target.gather(1, best).squeeze(1)
+        return rewards + gamma * next_values * (~terminated.bool()).to(next_values.dtype)
+
+
+def td_loss(q_values: Tensor, actions: Tensor, targets: Tensor) -> Tensor:
+    """Huber (smooth L1) loss between ``Q(s, a)`` of the taken actions and the TD targets.
+
+    Huber is quadratic for errors below 1 and linear above, so rare large TD errors do not dominate
+    the gradient (the tutorial's choice). Gradient flows only through ``Q(s, a)``.
+    """
+    q_taken = q_values.gather(1, actions.long().unsqueeze(1)).squeeze(1)  # [B]
+    return F.smooth_l1_loss(q_taken, targets.detach())

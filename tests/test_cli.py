@@ -1,0 +1,119 @@
+import numpy as np
+import pytest
+import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lit_dqn import DQN
+
+from .conftest import CONFIG, SHORT_FIT, FitRun, run_cli
+
+
+def read_events(run_dir) -> EventAccumulator:
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    return events
+
+
+def test_help_lists_subcommands_and_options(tmp_path) -> None:
+    top = run_cli("--help", cwd=tmp_path)
+    assert top.returncode == 0
+    assert all(cmd in top.stdout for cmd in ("fit", "validate", "test"))
+    fit = run_cli("fit", "--help", cwd=tmp_path)
+    assert fit.returncode == 0
+    for option in ("--model.lr", "--model.tau", "--data.env_id", "--data.buffer_capacity", "--trainer.max_steps"):
+        assert option in fit.stdout
+
+
+def test_print_config_applies_overrides_and_links_sizes(tmp_path) -> None:
+    args = ["--config", str(CONFIG), "--model.lr", "3e-4", "--trainer.max_steps", "2000", "--seed_everything", "7"]
+    result = run_cli("fit", *args, "--data.env_id", "Acrobot-v1", "--print_config", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(result.stdout)
+    assert config["model"]["lr"] == pytest.approx(3e-4)
+    assert config["trainer"]["max_steps"] == 2000
+    assert config["seed_everything"] == 7
+    assert config["data"]["env_id"] == "Acrobot-v1"
+    assert config["trainer"]["gradient_clip_val"] == 100
+    # sizes are linked from the datamodule at instantiation, never written in a config
+    assert "obs_dim" not in config["model"] and "n_actions" not in config["model"]
+    assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_fit_writes_tensorboard_scalars_plot_and_checkpoints(fit_run: FitRun) -> None:
+    run_dir = fit_run.run_dir
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "episode_durations.png").stat().st_size > 10_000
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert "last.ckpt" in checkpoints and any(name.startswith("best-") for name in checkpoints)
+
+    events = read_events(run_dir)
+    tags = events.Tags()
+    for tag in (
+        "train/episode_duration",
+        "train/episode_duration_mean100",
+        "train/loss",
+        "train/epsilon",
+        "train/q_mean",
+        "train/replay_size",
+        "train/env_steps",
+        "val/return_mean",
+    ):
+        assert tag in tags["scalars"], tag
+    assert "train/episode_durations" in tags["images"]
+
+    durations = events.Scalars("train/episode_duration")
+    steps = [e.step for e in durations]
+    assert steps == list(range(1, len(steps) + 1))  # x axis: episode index
+    values = np.array([e.value for e in durations])
+    assert (values >= 8).all() and (values <= 500).all() and (values == values.round()).all()
+    means = np.array([e.value for e in events.Scalars("train/episode_duration_mean100")])
+    expected = [values[max(0, i - 99) : i + 1].mean() for i in range(len(values))]
+    assert np.allclose(means, expected, rtol=1e-5)
+    # ε decays as env steps accumulate; loss is logged every log_every_n_steps updates
+    eps = [e.value for e in events.Scalars("train/epsilon")]
+    assert eps == sorted(eps, reverse=True) and eps[0] < 1.0
+    assert [e.step for e in events.Scalars("train/loss")][:3] == [49, 99, 149]
+
+
+def test_progress_bar_shows_episode_stats(fit_run: FitRun) -> None:
+    for key in ("episodes=", "duration=", "mean100=", "eps="):
+        assert key in fit_run.result.stdout + fit_run.result.stderr
+
+
+def test_checkpoint_loads_without_env_and_predicts_q_values(fit_run: FitRun) -> None:
+    model = DQN.load_from_checkpoint(fit_run.run_dir / "checkpoints" / "last.ckpt", map_location="cpu")
+    model.eval()
+    obs = torch.randn(7, 4)
+    q = model(obs)
+    assert q.shape == (7, 2) and q.dtype == torch.float32
+    assert model.hparams.obs_dim == 4 and model.hparams.n_actions == 2
+    # the target network was restored too, and it differs from the online network (soft updates)
+    assert not torch.equal(model.target_net(obs), q)
+
+
+def test_test_subcommand_evaluates_checkpoint(fit_run: FitRun) -> None:
+    ckpt = fit_run.run_dir / "checkpoints" / "last.ckpt"
+    args = ["--config", str(CONFIG), "--trainer.accelerator=cpu", "--data.eval_episodes=10", "--ckpt_path", str(ckpt)]
+    result = run_cli("test", *args, cwd=fit_run.cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "test/return_mean" in result.stdout
+
+
+def test_max_episodes_stops_training(tmp_path) -> None:
+    # one env and a tiny warm-up, so episodes end one per step at most and the count is exact
+    args = [*SHORT_FIT, "--model.max_episodes=5", "--data.batch_size=8", "--data.warmup_steps=8"]
+    result = run_cli("fit", "--config", str(CONFIG), *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    events = read_events(tmp_path / "lightning_logs" / "version_0")
+    assert [e.step for e in events.Scalars("train/episode_duration")] == [1, 2, 3, 4, 5]
+    ckpt = torch.load(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=False)
+    assert ckpt["global_step"] < 600
+
+
+def test_dotted_overrides_pick_another_env(tmp_path) -> None:
+    args = [*SHORT_FIT, "--data.env_id=Acrobot-v1", "--trainer.max_steps=300", "--model.hidden_sizes=[32]"]
+    result = run_cli("fit", "--config", str(CONFIG), *args, "--model.lr=3e-4", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    model = DQN.load_from_checkpoint(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt", map_location="cpu")
+    assert (model.hparams.obs_dim, model.hparams.n_actions, model.hparams.lr) == (6, 3, 3e-4)
+    assert model(torch.zeros(2, 6)).shape == (2, 3)

@@ -1,0 +1,113 @@
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from lit_dqn import DQN, GymDataModule, ReplayBuffer
+from lit_dqn.data import ReplayDataset
+from lit_dqn.rollout import EnvRunner, evaluate
+
+
+def random_policy(obs: np.ndarray, env_step: int, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    return rng.integers(2, size=obs.shape[0]), 1.0
+
+
+def make_runner(num_envs: int = 1, capacity: int = 10_000, **env_kwargs) -> EnvRunner:
+    envs = gym.make_vec("CartPole-v1", num_envs=num_envs, vectorization_mode="sync", **env_kwargs)
+    return EnvRunner(envs, ReplayBuffer(capacity, (4,), seed=0), seed=0)
+
+
+def test_dataset_steps_env_before_every_batch() -> None:
+    runner = make_runner(num_envs=2)
+    batches = iter(ReplayDataset(runner, random_policy, batch_size=16, warmup_steps=64))
+    first = next(batches)
+    assert first.env_steps >= 64 and len(runner.buffer) == first.env_steps
+    assert first.transitions.obs.shape == (16, 4)
+    for _ in range(5):
+        before = runner.env_steps
+        batch = next(batches)
+        # one vector step of 2 envs: 2 transitions, or 1 when a sub-env spent its step on a reset
+        assert 1 <= batch.env_steps - before <= 2
+        assert batch.replay_size == len(runner.buffer) == batch.env_steps
+
+
+def test_episode_stats_reach_the_batches() -> None:
+    runner = make_runner()
+    dataset = ReplayDataset(runner, random_policy, batch_size=8, warmup_steps=8)
+    lengths = []
+    for batch, _ in zip(dataset, range(400), strict=False):
+        lengths += batch.episode_lengths
+        assert len(batch.episode_lengths) == len(batch.episode_returns)
+        assert batch.episodes == len(lengths)
+    assert len(lengths) > 5
+    assert sum(lengths) <= runner.env_steps  # the episode in progress is not counted yet
+    assert 8 <= np.mean(lengths) <= 60  # random CartPole play lasts ~22 steps
+
+
+def test_stored_transitions_chain_and_skip_autoreset_steps() -> None:
+    """next_obs of each stored step is the obs of the next one, except across episode ends."""
+    runner = make_runner(max_episode_steps=15)  # time limit hit often: exercises truncation too
+    ends = []
+    for _ in range(300):
+        ends += runner.step(random_policy)
+    buffer = runner.buffer
+    n = len(buffer)
+    assert n == runner.env_steps
+    episode_ends = np.cumsum([length for _, length in ends]) - 1  # buffer index of each final step
+    chained = np.ones(n - 1, dtype=bool)
+    chained[episode_ends[episode_ends < n - 1]] = False
+    obs, next_obs = buffer.obs[:n], buffer.next_obs[:n]
+    assert torch.equal(next_obs[:-1][chained], obs[1:][chained])
+    assert not torch.equal(next_obs[:-1][~chained], obs[1:][~chained])  # a fresh episode starts there
+    # terminated is stored exactly where CartPole failed (pole or cart out of bounds); episodes cut
+    # by the 15-step time limit are stored with terminated=False, so they are bootstrapped
+    final = next_obs[episode_ends]
+    failed = (final[:, 0].abs() > 2.4) | (final[:, 2].abs() > 12 * 2 * np.pi / 360)
+    assert torch.equal(buffer.terminated[episode_ends], failed)
+    assert (~failed).any() and failed.any()
+    assert not buffer.terminated[:n][np.setdiff1d(np.arange(n), episode_ends)].any()
+
+
+def test_runner_is_reproducible_from_its_seed() -> None:
+    a, b = make_runner(), make_runner()
+    for _ in range(200):
+        a.step(random_policy)
+        b.step(random_policy)
+    assert torch.equal(a.buffer.obs, b.buffer.obs) and torch.equal(a.buffer.actions, b.buffer.actions)
+
+
+def test_evaluate_runs_one_episode_per_env() -> None:
+    envs = gym.make_vec("CartPole-v1", num_envs=10)
+    always_left = lambda obs: np.zeros(obs.shape[0], dtype=np.int64)  # noqa: E731
+    returns = evaluate(envs, always_left, seed=123)
+    assert returns.shape == (10,)
+    assert (returns >= 8).all() and (returns <= 12).all()  # pushing one way falls in ~9-10 steps
+    assert np.array_equal(returns, evaluate(envs, always_left, seed=123))
+
+
+def test_datamodule_reads_sizes_from_the_env() -> None:
+    assert (GymDataModule("CartPole-v1").obs_dim, GymDataModule("CartPole-v1").n_actions) == (4, 2)
+    acrobot = GymDataModule("Acrobot-v1")
+    assert (acrobot.obs_dim, acrobot.n_actions) == (6, 3)
+
+
+@pytest.mark.parametrize(
+    ("env_id", "message"),
+    [("Pendulum-v1", "DQN needs Discrete actions"), ("CliffWalking-v1", "flat Box observation")],
+)
+def test_datamodule_rejects_envs_dqn_cannot_use(env_id: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        GymDataModule(env_id)
+
+
+def test_module_act_is_epsilon_greedy() -> None:
+    model = DQN(obs_dim=4, n_actions=2)
+    obs = np.random.default_rng(0).normal(size=(500, 4)).astype(np.float32)
+    greedy = model.greedy_actions(obs)
+    actions, eps = model.act(obs, env_step=10**9, rng=np.random.default_rng(0))  # ε ≈ eps_end
+    assert eps == pytest.approx(0.05)
+    assert 0.0 < np.mean(actions != greedy) < 0.08  # only explored actions differ (half of them by chance)
+    actions, eps = model.act(obs, env_step=0, rng=np.random.default_rng(0))
+    assert eps == pytest.approx(0.9)
+    assert np.mean(actions != greedy) > 0.3
+    assert torch.equal(model(torch.as_tensor(obs)).argmax(1), torch.as_tensor(greedy))
