@@ -1,7 +1,9 @@
 """The data side of DQN: a replay buffer filled by stepping a Gymnasium env, served as batches."""
 
+import difflib
+import math
 from collections.abc import Iterator
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import gymnasium as gym
 import lightning as L
@@ -11,6 +13,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
 from lit_dqn.buffer import ReplayBuffer, Transitions
+from lit_dqn.checks import ConfigError, check_at_least, check_interval, check_positive
 from lit_dqn.rollout import EnvRunner, ExplorationPolicy, GreedyPolicy, evaluate
 
 
@@ -27,23 +30,40 @@ class ReplayBatch(NamedTuple):
 
 
 class ReplayDataset(IterableDataset):
-    """Endless stream of replay batches; before each batch the env takes one (vector) step.
+    """Endless stream of replay batches, each drawn after the env was stepped with the current policy.
 
-    The first batch waits until the buffer holds ``warmup_steps`` transitions.
+    The env runs ahead of the updates at a fixed replay ratio: before batch ``k`` (counting from 0)
+    the buffer has received ``warmup_steps + ceil((k + 1) * num_envs / updates_per_step)``
+    transitions. With the default ``updates_per_step=1`` that is one step of every sub-env before
+    each batch, like the tutorial; below 1 the env takes several steps per update, above 1 one step
+    feeds several updates. Counting transitions rather than calls keeps the ratio exact when a
+    sub-env spends a call on its autoreset.
     """
 
-    def __init__(self, runner: EnvRunner, policy: ExplorationPolicy, batch_size: int, warmup_steps: int) -> None:
+    def __init__(
+        self,
+        runner: EnvRunner,
+        policy: ExplorationPolicy,
+        batch_size: int,
+        warmup_steps: int,
+        updates_per_step: float = 1.0,
+        batches: int = 0,
+    ) -> None:
         self.runner = runner
         self.policy = policy
         self.batch_size = batch_size
         self.warmup_steps = warmup_steps
+        self.updates_per_step = updates_per_step
+        self.batches = batches  # yielded so far; part of the state an exact resume restores
 
     def __iter__(self) -> Iterator[ReplayBatch]:
         runner, buffer = self.runner, self.runner.buffer
         while True:
-            finished = runner.step(self.policy)
-            while len(buffer) < self.warmup_steps:
+            finished: list[tuple[float, int]] = []
+            due = self.warmup_steps + math.ceil((self.batches + 1) * runner.num_envs / self.updates_per_step)
+            while runner.env_steps < due:
                 finished += runner.step(self.policy)
+            self.batches += 1
             yield ReplayBatch(
                 transitions=buffer.sample(self.batch_size),
                 episode_returns=tuple(r for r, _ in finished),
@@ -77,10 +97,12 @@ class GymDataModule(L.LightningDataModule):
 
     Args:
         env_id: any registered Gymnasium env with ``Discrete`` actions and a flat ``Box`` observation.
-        num_envs: sub-envs stepped together before each batch (each step adds ``num_envs`` transitions).
+        num_envs: sub-envs stepped together (each vector step adds ``num_envs`` transitions).
         batch_size: transitions per sampled batch.
         buffer_capacity: replay buffer size; the oldest transitions are overwritten.
         warmup_steps: transitions collected before the first batch (at least ``batch_size``).
+        updates_per_step: the replay ratio, in updates per vector env step: 1 is the tutorial's
+            one update per step; 0.25 updates once every 4 steps; 2 updates twice per step.
         seed: seeds env resets, exploration and buffer sampling; ``None`` takes the run's
             ``seed_everything`` seed (``torch.initial_seed()``).
         eval_episodes: greedy episodes per validation or test run.
@@ -89,6 +111,8 @@ class GymDataModule(L.LightningDataModule):
             chosen on validation is tested on start states it was not chosen for.
         vectorization_mode: how Gymnasium vectorises the training env: ``sync``, ``async`` or
             ``vector_entry_point`` (the env's own batched implementation where it has one).
+        save_replay_buffer: store the buffer's contents in checkpoints so a resumed run continues
+            exactly; turn off for huge buffers (a resumed run then refills it from scratch).
     """
 
     def __init__(
@@ -98,17 +122,28 @@ class GymDataModule(L.LightningDataModule):
         batch_size: int = 128,
         buffer_capacity: int = 10_000,
         warmup_steps: int = 128,
+        updates_per_step: float = 1.0,
         seed: int | None = None,
         eval_episodes: int = 100,
         val_seed: int = 1_000_000,
         test_seed: int = 2_000_000,
         vectorization_mode: Literal["sync", "async", "vector_entry_point"] = "sync",
+        save_replay_buffer: bool = True,
     ) -> None:
         super().__init__()
+        check_interval("data.num_envs", num_envs, 1, math.inf)
+        check_interval("data.buffer_capacity", buffer_capacity, 1, math.inf)
+        check_interval("data.batch_size", batch_size, 1, buffer_capacity)
+        check_at_least("data.warmup_steps", warmup_steps, "data.batch_size", batch_size)
+        check_interval("data.warmup_steps", warmup_steps, batch_size, buffer_capacity)
+        check_positive("data.updates_per_step", updates_per_step)
+        check_interval("data.eval_episodes", eval_episodes, 1, math.inf)
         self.save_hyperparameters()
-        self.observation_space, self.action_space = _env_spaces(env_id)
+        self.observation_space, self.action_space = env_spaces(env_id)
         self.buffer: ReplayBuffer | None = None
         self.runner: EnvRunner | None = None
+        self.dataset: ReplayDataset | None = None
+        self._resume_state: dict[str, Any] | None = None
         self._eval_envs: dict[str, gym.vector.VectorEnv] = {}
 
     @property
@@ -124,7 +159,7 @@ class GymDataModule(L.LightningDataModule):
     def _seed(self) -> int:
         return self.hparams.seed if self.hparams.seed is not None else torch.initial_seed()
 
-    def _make_runner(self) -> EnvRunner:
+    def _make_dataset(self) -> ReplayDataset:
         hp = self.hparams
         device = self.trainer.lightning_module.device if self.trainer is not None else torch.device("cpu")
         buffer_seed, runner_seed = np.random.SeedSequence(self._seed()).spawn(2)
@@ -135,18 +170,31 @@ class GymDataModule(L.LightningDataModule):
             seed=int(buffer_seed.generate_state(1)[0]),
         )
         envs = gym.make_vec(hp.env_id, num_envs=hp.num_envs, vectorization_mode=hp.vectorization_mode)
-        return EnvRunner(envs, self.buffer, seed=int(runner_seed.generate_state(1)[0]))
+        self.runner = EnvRunner(envs, self.buffer, seed=int(runner_seed.generate_state(1)[0]))
+        policy = self.trainer.lightning_module.act
+        dataset = ReplayDataset(self.runner, policy, hp.batch_size, hp.warmup_steps, hp.updates_per_step)
+        if self._resume_state is not None:
+            self._restore(dataset, self._resume_state)
+            self._resume_state = None
+        return dataset
 
     def train_dataloader(self) -> DataLoader:
         # The env and buffer live in this process and the policy must be the one being trained right
         # now, so there are no worker processes (num_workers=0) and the dataset yields whole batches
         # (batch_size=None: no collation).
-        if self.runner is None:
-            self.runner = self._make_runner()
-        dataset = ReplayDataset(
-            self.runner, self.trainer.lightning_module.act, self.hparams.batch_size, self.hparams.warmup_steps
-        )
-        return DataLoader(dataset, batch_size=None, num_workers=0)
+        if self.dataset is None:
+            self.dataset = self._make_dataset()
+        return DataLoader(self.dataset, batch_size=None, num_workers=0)
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Replay batches are sampled from a buffer that already lives on the model's device.
+
+        Lightning's default walks every batch looking for tensors to move, which costs more than
+        sampling it; evaluation batches are a handful of returns, moved as usual.
+        """
+        if isinstance(batch, ReplayBatch):
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def _eval_dataloader(self, stage: str, seed: int) -> DataLoader:
         if stage not in self._eval_envs:
@@ -161,28 +209,55 @@ class GymDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._eval_dataloader("test", self.hparams.test_seed)
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the replay stream needs to continue exactly: buffer, counters and RNG streams."""
+        if self.dataset is None:
+            return {}
+        state = {"batches": self.dataset.batches, "runner": self.runner.state_dict()}
+        if self.hparams.save_replay_buffer:
+            state["buffer"] = self.buffer.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Keep the state until the env and buffer exist: Lightning restores datamodules before
+        the model has moved to its device, and the buffer must be created there."""
+        self._resume_state = state or None
+
+    def _restore(self, dataset: ReplayDataset, state: dict[str, Any]) -> None:
+        self.runner.load_state_dict(state["runner"])
+        if "buffer" in state:
+            self.buffer.load_state_dict(state["buffer"])
+            dataset.batches = state["batches"]
+        else:  # no saved buffer: refill it, warm-up included, before the next update
+            dataset.warmup_steps += self.runner.env_steps
+            dataset.batches = 0
+
     def teardown(self, stage: str) -> None:
         for envs in self._eval_envs.values():
             envs.close()
         self._eval_envs.clear()
         if stage == "fit" and self.runner is not None:
             self.runner.envs.close()
-            self.runner = None
-            self.buffer = None
+            self.runner = self.buffer = self.dataset = None
 
 
-def _env_spaces(env_id: str) -> tuple[gym.spaces.Box, gym.spaces.Discrete]:
+def env_spaces(env_id: str) -> tuple[gym.spaces.Box, gym.spaces.Discrete]:
     """Read an env's spaces and check DQN can use them, failing early with a clear message."""
-    env = gym.make(env_id)
+    try:
+        env = gym.make(env_id)
+    except gym.error.Error as error:
+        close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise ConfigError(f"data.env_id={env_id!r} cannot be made: {error}{hint}") from None
     observation_space, action_space = env.observation_space, env.action_space
     env.close()
     if not isinstance(action_space, gym.spaces.Discrete):
-        raise ValueError(
+        raise ConfigError(
             f"data.env_id={env_id!r} has a {type(action_space).__name__} action space; "
             "DQN needs Discrete actions (e.g. CartPole-v1, Acrobot-v1, MountainCar-v0, LunarLander-v3)"
         )
     if not isinstance(observation_space, gym.spaces.Box) or len(observation_space.shape) != 1:
-        raise ValueError(
+        raise ConfigError(
             f"data.env_id={env_id!r} has observation space {observation_space}; "
             "the Q-network takes a flat Box observation of shape (obs_dim,)"
         )

@@ -1,5 +1,6 @@
 """Stepping Gymnasium vector environments: ε-greedy experience collection and greedy evaluation."""
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -36,9 +37,16 @@ class EnvRunner:
         self.episodes = 0
         self.epsilon = float("nan")
 
+    @property
+    def num_envs(self) -> int:
+        return self.envs.num_envs
+
     def step(self, policy: ExplorationPolicy) -> list[tuple[float, int]]:
         """Take one step in every sub-env; return ``(return, length)`` of the episodes that ended."""
-        actions, self.epsilon = policy(self.obs, self.env_steps, self.rng)
+        if self.autoreset.all():  # every action would be ignored: no need to ask the policy
+            actions = np.zeros(self.num_envs, dtype=np.int64)
+        else:
+            actions, self.epsilon = policy(self.obs, self.env_steps, self.rng)
         next_obs, rewards, terminated, truncated, _ = self.envs.step(actions)
         real = ~self.autoreset
         self.buffer.push(self.obs[real], actions[real], rewards[real], next_obs[real], terminated[real])
@@ -55,12 +63,46 @@ class EnvRunner:
         return finished
 
     def state_dict(self) -> dict[str, Any]:
-        """Counters and the exploration RNG; the env itself restarts from a fresh episode on resume."""
-        return {"env_steps": self.env_steps, "episodes": self.episodes, "rng": self.rng.bit_generator.state}
+        """Counters, the exploration RNG and the sub-envs' own RNGs (for their next resets).
+
+        The envs' physical state is not saved: on resume every sub-env starts a fresh episode, drawn
+        from its saved RNG exactly as its next autoreset would have been. A run checkpointed between
+        episodes therefore continues exactly; an episode in progress is dropped (its transitions stay
+        in the buffer, it is not counted as an episode).
+        """
+        return {
+            "env_steps": self.env_steps,
+            "episodes": self.episodes,
+            "epsilon": self.epsilon,
+            "rng": self.rng.bit_generator.state,
+            "env_rngs": _env_rngs(self.envs),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.env_steps, self.episodes = state["env_steps"], state["episodes"]
+        self.env_steps, self.episodes, self.epsilon = state["env_steps"], state["episodes"], state["epsilon"]
         self.rng.bit_generator.state = state["rng"]
+        if state["env_rngs"] is not None and _env_rngs(self.envs) is not None:
+            self.envs.set_attr("np_random", [_generator(s) for s in state["env_rngs"]])
+            self.obs, _ = self.envs.reset()
+        self.autoreset[:] = False
+        self.episode_return[:] = 0.0
+        self.episode_length[:] = 0
+
+
+def _env_rngs(envs: gym.vector.VectorEnv) -> list[dict[str, Any]] | None:
+    """Each sub-env's RNG state, for vector envs made of single envs (sync/async); ``None`` otherwise.
+
+    Plain dicts, not ``Generator`` objects, so checkpoints load with ``torch.load(weights_only=True)``.
+    """
+    if not isinstance(envs, gym.vector.SyncVectorEnv | gym.vector.AsyncVectorEnv):
+        return None
+    return [copy.deepcopy(rng.bit_generator.state) for rng in envs.get_attr("np_random")]
+
+
+def _generator(state: dict[str, Any]) -> np.random.Generator:
+    bit_generator = getattr(np.random, state["bit_generator"])()
+    bit_generator.state = state
+    return np.random.Generator(bit_generator)
 
 
 def evaluate(envs: gym.vector.VectorEnv, policy: GreedyPolicy, seed: int) -> np.ndarray:

@@ -1,0 +1,33 @@
+"""Argument checks that fail early with one readable line naming the config field and what it allows."""
+
+import math
+from collections.abc import Sequence
+
+
+class ConfigError(ValueError):
+    """A configuration value lit_dqn cannot run with; the CLI prints it as one line and exits."""
+
+
+def check_interval(
+    field: str, value: float, low: float, high: float, *, low_open: bool = False, high_open: bool = False
+) -> None:
+    """Require ``low <(=) value <(=) high``; ``math.inf`` bounds mean unbounded."""
+    below = value <= low if low_open else value < low
+    above = value >= high if high_open else value > high
+    if math.isnan(value) or below or above:
+        left, right = "(" if low_open else "[", ")" if high_open else "]"
+        raise ConfigError(f"{field}={value!r} is not allowed: it must be in {left}{low}, {high}{right}")
+
+
+def check_positive(field: str, value: float) -> None:
+    check_interval(field, value, 0, math.inf, low_open=True, high_open=True)
+
+
+def check_sizes(field: str, values: Sequence[int]) -> None:
+    if any(width <= 0 for width in values):
+        raise ConfigError(f"{field}={list(values)!r} is not allowed: every layer width must be a positive integer")
+
+
+def check_at_least(field: str, value: float, other_field: str, other: float) -> None:
+    if value < other:
+        raise ConfigError(f"{field}={value!r} is not allowed: it must be at least {other_field}={other!r}")
