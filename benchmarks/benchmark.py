@@ -190,7 +190,8 @@ def throughput_table(args: argparse.Namespace) -> None:
 def solve_table(args: argparse.Namespace) -> None:
     threads = max(1, torch.get_num_threads() // args.jobs)
     jobs = [(args.config, seed, args.threshold, args.device, args.extra, threads) for seed in args.seeds]
-    with mp.get_context("spawn").Pool(args.jobs) as pool:
+    # a fresh process per seed (maxtasksperchild=1), so no seed inherits another's memory or state
+    with mp.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
         rows = pool.map(solve_seed, jobs, chunksize=1)
     print(
         f"## Solve: {args.config} {' '.join(args.extra)} ({args.device}, {args.jobs} seed(s) at a time, "

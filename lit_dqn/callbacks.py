@@ -1,5 +1,9 @@
-"""Callbacks that show DQN's episode statistics."""
+"""Callbacks: episode statistics on the progress bar, and a clean stop on Ctrl-C or SIGTERM."""
 
+import signal
+import sys
+import threading
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -13,7 +17,66 @@ class EpisodeProgressBar(TQDMProgressBar):
     with ``self.log(prog_bar=True)`` would cost more than a training step every time an episode ends.
     """
 
+    @property
+    def total_train_batches(self) -> int | float:
+        """The replay stream reports ``sys.maxsize`` batches (see ``ReplayDataset.__len__``): show it as open-ended."""
+        total = super().total_train_batches
+        return float("inf") if total >= sys.maxsize else total
+
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)
         return {**getattr(pl_module, "progress", {}), **metrics}
+
+
+class GracefulStop(L.Callback):
+    """Ctrl-C (SIGINT) or SIGTERM ends training after the current step, and ``last.ckpt`` always
+    holds the state training ended in (signal, ``max_steps``, ``max_episodes`` or early stopping).
+
+    The signal only sets ``trainer.should_stop``, so the step in progress finishes and the saved
+    state is consistent (buffer, counters, optimizer and target network all after the same update);
+    a second Ctrl-C interrupts at once, as usual. ``signum`` tells the CLI which signal ended the run.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+        self._saved_step: int | None = None
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self._saved_step = trainer.global_step
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be installed from the main thread
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._make_handler(trainer))
+
+    def _make_handler(self, trainer: L.Trainer):
+        def handler(signum: int, frame: Any) -> None:
+            self.signum = signum
+            trainer.should_stop = True
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C interrupts now
+            print(f"\nReceived {signal.Signals(signum).name}: stopping after this step", file=sys.stderr)
+
+        return handler
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_handlers()
+        checkpoint = trainer.checkpoint_callback
+        if checkpoint is None or checkpoint.dirpath is None or not checkpoint.save_last:
+            return
+        if self.signum is None and self._saved_step == trainer.global_step:
+            return  # the last validation already saved this very state
+        path = Path(checkpoint.dirpath) / f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}"
+        trainer.save_checkpoint(path)
+        if self.signum is not None:
+            print(f"Saved {path} at step {trainer.global_step}; resume with --ckpt_path last", file=sys.stderr)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore_handlers()
+
+    def _restore_handlers(self) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()

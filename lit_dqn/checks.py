@@ -15,8 +15,11 @@ def check_interval(
     below = value <= low if low_open else value < low
     above = value >= high if high_open else value > high
     if math.isnan(value) or below or above:
-        left, right = "(" if low_open else "[", ")" if high_open else "]"
-        raise ConfigError(f"{field}={value!r} is not allowed: it must be in {left}{low}, {high}{right}")
+        if high == math.inf:
+            allowed = f"> {low}" if low_open else f">= {low}"
+        else:
+            allowed = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ConfigError(f"{field}={value!r} is not allowed: it must be {allowed}")
 
 
 def check_positive(field: str, value: float) -> None:
@@ -31,3 +34,8 @@ def check_sizes(field: str, values: Sequence[int]) -> None:
 def check_at_least(field: str, value: float, other_field: str, other: float) -> None:
     if value < other:
         raise ConfigError(f"{field}={value!r} is not allowed: it must be at least {other_field}={other!r}")
+
+
+def check_at_most(field: str, value: float, other_field: str, other: float) -> None:
+    if value > other:
+        raise ConfigError(f"{field}={value!r} is not allowed: it must be at most {other_field}={other!r}")

@@ -2,6 +2,8 @@
 
 import difflib
 import math
+import sys
+import warnings
 from collections.abc import Iterator
 from typing import Any, Literal, NamedTuple
 
@@ -13,8 +15,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
 from lit_dqn.buffer import ReplayBuffer, Transitions
-from lit_dqn.checks import ConfigError, check_at_least, check_interval, check_positive
+from lit_dqn.checks import ConfigError, check_at_least, check_at_most, check_interval, check_positive
 from lit_dqn.rollout import EnvRunner, ExplorationPolicy, GreedyPolicy, evaluate
+
+# The replay stream restores its position through GymDataModule.state_dict, not the DataLoader's,
+# and never runs in worker processes: Lightning's warnings about either do not apply.
+warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
 
 
 class ReplayBatch(NamedTuple):
@@ -55,6 +62,11 @@ class ReplayDataset(IterableDataset):
         self.warmup_steps = warmup_steps
         self.updates_per_step = updates_per_step
         self.batches = batches  # yielded so far; part of the state an exact resume restores
+
+    def __len__(self) -> int:
+        """Endless, but sized: Lightning prefetches one batch from a stream of unknown length (to
+        spot its end), which would step the env with the policy from before the latest update."""
+        return sys.maxsize
 
     def __iter__(self) -> Iterator[ReplayBatch]:
         runner, buffer = self.runner, self.runner.buffer
@@ -133,9 +145,10 @@ class GymDataModule(L.LightningDataModule):
         super().__init__()
         check_interval("data.num_envs", num_envs, 1, math.inf)
         check_interval("data.buffer_capacity", buffer_capacity, 1, math.inf)
-        check_interval("data.batch_size", batch_size, 1, buffer_capacity)
+        check_interval("data.batch_size", batch_size, 1, math.inf)
+        check_at_most("data.batch_size", batch_size, "data.buffer_capacity", buffer_capacity)
         check_at_least("data.warmup_steps", warmup_steps, "data.batch_size", batch_size)
-        check_interval("data.warmup_steps", warmup_steps, batch_size, buffer_capacity)
+        check_at_most("data.warmup_steps", warmup_steps, "data.buffer_capacity", buffer_capacity)
         check_positive("data.updates_per_step", updates_per_step)
         check_interval("data.eval_episodes", eval_episodes, 1, math.inf)
         self.save_hyperparameters()

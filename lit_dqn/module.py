@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 from torchmetrics.aggregation import RunningMean
 
-from lit_dqn.checks import check_interval, check_positive, check_sizes
+from lit_dqn.checks import check_at_most, check_interval, check_positive, check_sizes
 from lit_dqn.data import ReplayBatch
 from lit_dqn.exploration import exponential_epsilon
 from lit_dqn.losses import td_loss, td_targets
@@ -69,7 +69,8 @@ class DQN(L.LightningModule):
         if grad_clip_value is not None:
             check_positive("model.grad_clip_value", grad_clip_value)
         check_interval("model.eps_start", eps_start, 0, 1)
-        check_interval("model.eps_end", eps_end, 0, eps_start)
+        check_interval("model.eps_end", eps_end, 0, 1)
+        check_at_most("model.eps_end", eps_end, "model.eps_start", eps_start)
         check_positive("model.eps_decay", eps_decay)
         if max_episodes is not None:
             check_interval("model.max_episodes", max_episodes, 1, math.inf)
@@ -150,8 +151,9 @@ class DQN(L.LightningModule):
         loss = td_loss(q_values, actions, targets)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
-                f"the TD loss is {loss.item()} at step {self.global_step}: training stopped, "
-                "nothing was saved after the last checkpoint (try a lower model.lr)"
+                f"the TD loss is {loss.item()} at step {self.global_step}: training stopped without saving; "
+                f"the last good checkpoint is {self._last_checkpoint() or 'none (none was written yet)'} "
+                "(try a lower model.lr)"
             )
 
         optimizer = self.optimizers()
@@ -174,6 +176,10 @@ class DQN(L.LightningModule):
                 batch_size=obs.shape[0],
             )
         return loss.detach()
+
+    def _last_checkpoint(self) -> str | None:
+        callback = self.trainer.checkpoint_callback
+        return (callback.last_model_path or callback.best_model_path or None) if callback is not None else None
 
     def _is_logging_step(self) -> bool:
         """Log step scalars only every ``trainer.log_every_n_steps``: ``self.log`` costs more than the step."""

@@ -1,0 +1,79 @@
+"""Crash-safe checkpoint files and the checks that make a bad ``--ckpt_path`` a one-line error."""
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from lit_dqn.checks import ConfigError
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file in the same directory, then renames it into place.
+
+    A rename within a directory is atomic, so a process killed at any moment (even ``kill -9``)
+    leaves either the previous complete checkpoint or the new complete one, never a truncated file.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint on the CPU, turning a missing or unreadable file into a ``ConfigError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"ckpt_path={str(path)!r} does not exist (give a .ckpt file, or 'last' to resume the latest run)"
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, pickle.UnpicklingError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"ckpt_path={str(path)!r} is not a readable checkpoint: {first_line}") from None
+
+
+def check_checkpoint_fits(checkpoint: dict[str, Any], model: torch.nn.Module, path: str | Path) -> None:
+    """Fail with the mismatching shapes when a checkpoint was trained on another env or network."""
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, dict):
+        raise ConfigError(f"ckpt_path={str(path)!r} is not a lit_dqn checkpoint: it has no state_dict")
+    expected = model.state_dict()
+    mismatches = [
+        f"{name} {tuple(state[name].shape)} in the checkpoint vs {tuple(tensor.shape)} now"
+        for name, tensor in expected.items()
+        if name in state and tuple(state[name].shape) != tuple(tensor.shape)
+    ]
+    missing = [name for name in expected if name not in state]
+    if mismatches or missing:
+        hp = checkpoint.get("hyper_parameters", {})
+        trained = f"obs_dim={hp.get('obs_dim')}, n_actions={hp.get('n_actions')}, hidden_sizes={hp.get('hidden_sizes')}"
+        detail = "; ".join(mismatches[:2]) or f"missing {', '.join(missing[:2])}"
+        raise ConfigError(
+            f"ckpt_path={str(path)!r} does not fit this model: it was trained with {trained}, the config gives "
+            f"obs_dim={model.hparams.obs_dim}, n_actions={model.hparams.n_actions}, "
+            f"hidden_sizes={model.hparams.hidden_sizes} ({detail})"
+        )
+
+
+def latest_last_checkpoint(log_root: Path) -> Path | None:
+    """The most recently written ``last.ckpt`` under ``log_root`` (e.g. ``lightning_logs/version_*/``)."""
+    candidates = list(log_root.glob("version_*/checkpoints/last.ckpt"))
+    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None

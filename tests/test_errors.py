@@ -1,0 +1,103 @@
+"""Bad input gets one clear line on stderr, a non-zero exit, no traceback, and loses nothing on disk."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from .conftest import CONFIG, SHORT_FIT, FitRun, run_cli
+
+# (CLI arguments after `fit --config configs/cartpole.yaml`, fragments the one-line message must contain)
+BAD_INPUTS = [
+    (["--model.lrr=3"], ["unrecognized arguments", "--model.lrr"]),
+    (["--model.lr=abc"], ['"model.lr"', "float", "abc"]),
+    (["--trainer.max_steps=lots"], ['"trainer.max_steps"', "int"]),
+    (["--data.vectorization_mode=threads"], ['"data.vectorization_mode"', "sync", "async"]),
+    (["--model.gamma=1.5"], ["model.gamma=1.5", "(0, 1]"]),
+    (["--model.gamma=0"], ["model.gamma=0", "(0, 1]"]),
+    (["--model.tau=0"], ["model.tau=0", "(0, 1]"]),
+    (["--model.tau=2"], ["model.tau=2", "(0, 1]"]),
+    (["--model.lr=0"], ["model.lr=0", "> 0"]),
+    (["--model.lr=-1e-3"], ["model.lr=-0.001", "> 0"]),
+    (["--data.batch_size=0"], ["data.batch_size=0", ">= 1"]),
+    (["--data.batch_size=60000"], ["data.batch_size=60000", "at most data.buffer_capacity=50000"]),
+    (["--data.warmup_steps=64"], ["data.warmup_steps=64", "at least data.batch_size=128"]),
+    (["--model.eps_start=1.5"], ["model.eps_start=1.5", "[0, 1]"]),
+    (["--model.eps_end=-0.1"], ["model.eps_end=-0.1", "[0, 1]"]),
+    (["--model.eps_start=0.2", "--model.eps_end=0.5"], ["model.eps_end=0.5", "at most model.eps_start=0.2"]),
+    (["--model.hidden_sizes=[128, 0]"], ["model.hidden_sizes=[128, 0]", "positive integer"]),
+    (["--model.hidden_sizes=[-4]"], ["model.hidden_sizes=[-4]", "positive integer"]),
+    (["--model.max_episodes=0"], ["model.max_episodes=0", ">= 1"]),
+    (["--data.env_id=CartPol-v1"], ["data.env_id='CartPol-v1'", "did you mean 'CartPole-v1'"]),
+    (["--data.env_id=Pendulum-v1"], ["data.env_id='Pendulum-v1'", "Box action space", "DQN needs Discrete actions"]),
+    (["--data.env_id=CliffWalking-v1"], ["data.env_id='CliffWalking-v1'", "Discrete(48)", "flat Box observation"]),
+    (["--trainer.accelerator=tpux"], ["trainer:", "accelerator", "cpu"]),
+    (["--ckpt_path=missing.ckpt"], ["ckpt_path='missing.ckpt' does not exist"]),
+]
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def run_dir_with_history(fit_run: FitRun, tmp_path: Path) -> Path:
+    """A working directory holding a previous run (events, config, checkpoints) that must survive."""
+    shutil.copytree(fit_run.cwd / "lightning_logs", tmp_path / "lightning_logs")
+    return tmp_path
+
+
+def assert_clean_error(result, fragments: list[str], code: int = 2) -> str:
+    assert result.returncode == code, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("lit_dqn: error:")]
+    assert len(errors) == 1, result.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+@pytest.mark.parametrize(("args", "fragments"), BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+def test_bad_input_is_one_clear_line(args: list[str], fragments: list[str], run_dir_with_history: Path) -> None:
+    before = snapshot(run_dir_with_history)
+    result = run_cli("fit", "--config", str(CONFIG), *SHORT_FIT, *args, cwd=run_dir_with_history)
+    assert_clean_error(result, fragments)
+    after = snapshot(run_dir_with_history)
+    assert {k: v for k, v in after.items() if k in before} == before  # nothing deleted or rewritten
+
+
+def test_unknown_key_in_a_yaml_config(run_dir_with_history: Path) -> None:
+    (run_dir_with_history / "typo.yaml").write_text("model:\n  lerning_rate: 0.001\n")
+    result = run_cli("fit", "--config", str(CONFIG), "--config", "typo.yaml", cwd=run_dir_with_history)
+    assert_clean_error(result, ["does not accept", "model.lerning_rate"])
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_checkpoint(damage: str, run_dir_with_history: Path) -> None:
+    good = run_dir_with_history / "lightning_logs/version_0/checkpoints/last.ckpt"
+    bad = run_dir_with_history / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint" if damage == "garbage" else good.read_bytes()[: good.stat().st_size // 2])
+    before = snapshot(run_dir_with_history)
+    result = run_cli("fit", "--config", str(CONFIG), *SHORT_FIT, "--ckpt_path", str(bad), cwd=run_dir_with_history)
+    assert_clean_error(result, [f"ckpt_path='{bad}' is not a readable checkpoint"])
+    assert snapshot(run_dir_with_history) == before
+
+
+def test_checkpoint_from_another_env_names_the_shapes(run_dir_with_history: Path) -> None:
+    ckpt = run_dir_with_history / "lightning_logs/version_0/checkpoints/last.ckpt"
+    args = ["--data.env_id=Acrobot-v1", "--ckpt_path", str(ckpt)]
+    for subcommand in ("fit", "test"):
+        result = run_cli(subcommand, "--config", str(CONFIG), *SHORT_FIT, *args, cwd=run_dir_with_history)
+        line = assert_clean_error(result, ["does not fit this model", "obs_dim=4, n_actions=2", "obs_dim=6"])
+        assert "n_actions=3" in line and "policy_net.net.0.weight (128, 4) in the checkpoint vs (128, 6) now" in line
+
+
+def test_resume_last_without_any_run(tmp_path: Path) -> None:
+    result = run_cli("fit", "--config", str(CONFIG), *SHORT_FIT, "--ckpt_path=last", cwd=tmp_path)
+    assert_clean_error(result, ["ckpt_path='last' found no", "last.ckpt"])
+
+
+def test_non_finite_loss_stops_with_the_step(tmp_path: Path) -> None:
+    # lr 1e30 blows the weights up on the first update; the next loss is NaN
+    result = run_cli("fit", "--config", str(CONFIG), *SHORT_FIT, "--model.lr=1e30", cwd=tmp_path)
+    assert_clean_error(result, ["the TD loss is nan at step 1", "last good checkpoint is none"], code=1)

@@ -1,0 +1,173 @@
+"""Nothing lost: exact resume, clean stops on signals, checkpoints that survive kill -9, NaN stops."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from lit_dqn import DQN, GymDataModule
+from lit_dqn.checkpoints import AtomicCheckpointIO
+from lit_dqn.cli import DQNCLI
+from lit_dqn.module import NonFiniteLossError
+
+from .conftest import CONFIG, SHORT_FIT, run_cli
+
+
+class StepRecorder(L.Callback):
+    """Per training step: the loss, and whether an episode ended while its batch was collected."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+        self.episode_ended: list[bool] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.episode_ended.append(bool(batch.episode_lengths))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.append(outputs["loss"].item())
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        runner = trainer.datamodule.runner
+        self.counters = (runner.env_steps, runner.episodes, len(runner.buffer), runner.buffer.pos)
+
+
+def make_cli(root: Path, *overrides: str) -> tuple[DQNCLI, StepRecorder]:
+    args = ["--config", str(CONFIG), "--trainer.accelerator=cpu", f"--trainer.default_root_dir={root}"]
+    args += [f"--trainer.logger.init_args.save_dir={root}", "--trainer.enable_model_summary=false"]
+    args += ["--seed_everything=5", "--data.warmup_steps=200", "--data.eval_episodes=5"]
+    cli = DQNCLI(DQN, GymDataModule, args=[*args, *overrides], run=False)
+    recorder = StepRecorder()
+    cli.trainer.callbacks.append(recorder)
+    return cli, recorder
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path: Path) -> None:
+    """fit 2N == fit N, save, resume to 2N: the same losses, episodes and weights, bit for bit.
+
+    The one condition: the checkpoint is taken between episodes. The env's physical state is not
+    saved, so a resumed run starts a fresh episode, drawn from the env's saved RNG exactly as its
+    next autoreset would have been; mid-episode, the episode in progress is dropped instead.
+    """
+    total = 700
+    whole, whole_steps = make_cli(tmp_path / "whole", f"--trainer.max_steps={total}")
+    whole.trainer.fit(whole.model, datamodule=whole.datamodule)
+    # the first step after 300 whose batch saw an episode end: the checkpoint falls between episodes
+    n = next(i + 1 for i in range(300, total) if whole_steps.episode_ended[i])
+
+    first, _ = make_cli(tmp_path / "first", f"--trainer.max_steps={n}", f"--trainer.val_check_interval={n}")
+    first.trainer.fit(first.model, datamodule=first.datamodule)
+    ckpt = tmp_path / "first/lightning_logs/version_0/checkpoints/last.ckpt"
+    saved = torch.load(ckpt, weights_only=False)
+    assert saved["global_step"] == n and "buffer" in saved["GymDataModule"]
+
+    resumed, resumed_steps = make_cli(tmp_path / "resumed", f"--trainer.max_steps={total}")
+    resumed.trainer.fit(resumed.model, datamodule=resumed.datamodule, ckpt_path=str(ckpt))
+    assert resumed_steps.losses == whole_steps.losses[n:]
+    assert resumed.model.episode_durations == whole.model.episode_durations
+    for a, b in zip(resumed.model.state_dict().values(), whole.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert resumed_steps.counters == whole_steps.counters  # env steps, episodes, buffer size and position
+
+
+def test_resume_without_saved_buffer_refills_it(tmp_path: Path) -> None:
+    first, _ = make_cli(tmp_path / "a", "--trainer.max_steps=300", "--data.save_replay_buffer=false")
+    first.trainer.fit(first.model, datamodule=first.datamodule)
+    ckpt = tmp_path / "a/lightning_logs/version_0/checkpoints/last.ckpt"
+    assert "buffer" not in torch.load(ckpt, weights_only=False)["GymDataModule"]
+    resumed, _ = make_cli(tmp_path / "b", "--trainer.max_steps=400", "--data.save_replay_buffer=false")
+    recorder = resumed.trainer.callbacks[-1]
+    resumed.trainer.fit(resumed.model, datamodule=resumed.datamodule, ckpt_path=str(ckpt))
+    env_steps, _, buffer_size, _ = recorder.counters
+    assert resumed.trainer.global_step == 400
+    # counters continued; the buffer was refilled with a full warm-up before training went on
+    assert buffer_size == 200 + 100 and env_steps >= 200 + 300 + 200 + 100
+
+
+def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+    class Poison(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if trainer.global_step == 250:
+                with torch.no_grad():
+                    pl_module.policy_net.net[0].weight.fill_(float("nan"))
+
+    cli, _ = make_cli(tmp_path, "--trainer.max_steps=400", "--trainer.val_check_interval=100")
+    cli.trainer.callbacks.append(Poison())
+    with pytest.raises(NonFiniteLossError, match="the TD loss is nan at step 250") as error:
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    last = tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt"
+    assert str(last) in str(error.value)
+    model = DQN.load_from_checkpoint(last, map_location="cpu")
+    assert torch.load(last, weights_only=False)["global_step"] == 200
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_atomic_save_keeps_the_previous_checkpoint_when_writing_fails(tmp_path: Path, monkeypatch) -> None:
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"step": 1, "weights": torch.ones(3)}, path)
+
+    def dies_half_way(obj, file) -> None:
+        file.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt  # what a kill looks like from inside the process
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temp file left behind
+
+
+def start_fit(cwd: Path, *args: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "lit_dqn", "fit", "--config", str(CONFIG), *SHORT_FIT, *args]
+    return subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_stops_cleanly_with_a_loadable_last_checkpoint(signum: int, tmp_path: Path) -> None:
+    process = start_fit(tmp_path, "--trainer.max_steps=1000000", "--trainer.val_check_interval=1000000")
+    run_dir = tmp_path / "lightning_logs/version_0"
+    wait_for(run_dir / "config.yaml", process)
+    time.sleep(3)  # well into training
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signum, stderr[-3000:]
+    assert "Traceback" not in stderr
+    last = run_dir / "checkpoints/last.ckpt"
+    assert "Saved lightning_logs/version_0/checkpoints/last.ckpt at step" in stderr
+    checkpoint = torch.load(last, weights_only=False)
+    assert 0 < checkpoint["global_step"] < 1000000
+    assert DQN.load_from_checkpoint(last, map_location="cpu")(torch.zeros(1, 4)).shape == (1, 2)
+
+
+def test_kill_9_never_leaves_a_broken_latest_checkpoint(tmp_path: Path) -> None:
+    # validation (and with it a checkpoint) every 20 updates: the kill is likely to land near a write
+    process = start_fit(tmp_path, "--trainer.max_steps=1000000", "--trainer.val_check_interval=20")
+    last = tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt"
+    wait_for(last, process)
+    time.sleep(2.5)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
+    step = torch.load(last, weights_only=False)["global_step"]  # complete and readable
+    assert step >= 20
+    resume = ["fit", "--config", str(CONFIG), *SHORT_FIT, "--ckpt_path=last", "--trainer.val_check_interval=20"]
+    result = run_cli(*resume, f"--trainer.max_steps={step + 40}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Resuming from lightning_logs/version_0/checkpoints/last.ckpt" in result.stderr
+    resumed = tmp_path / "lightning_logs/version_1/checkpoints/last.ckpt"
+    # it went on from the saved step (to step + 40, or earlier if early stopping saw the task solved)
+    assert step < torch.load(resumed, weights_only=False)["global_step"] <= step + 40
