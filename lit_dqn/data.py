@@ -11,6 +11,7 @@ import gymnasium as gym
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
@@ -184,6 +185,11 @@ class GymDataModule(L.LightningDataModule):
         )
         envs = gym.make_vec(hp.env_id, num_envs=hp.num_envs, vectorization_mode=hp.vectorization_mode)
         self.runner = EnvRunner(envs, self.buffer, seed=int(runner_seed.generate_state(1)[0]))
+        saved = "saved in every checkpoint" if hp.save_replay_buffer else "not saved in checkpoints"
+        rank_zero_info(
+            f"Replay buffer: {hp.buffer_capacity} transitions, {self.buffer.nbytes / 2**20:.1f} MiB on {device}; "
+            f"{saved} (data.save_replay_buffer)"
+        )
         policy = self.trainer.lightning_module.act
         dataset = ReplayDataset(self.runner, policy, hp.batch_size, hp.warmup_steps, hp.updates_per_step)
         if self._resume_state is not None:

@@ -30,7 +30,7 @@ SHORT_FIT = (
     "--trainer.max_steps=600",
     "--trainer.val_check_interval=300",
     "--trainer.log_every_n_steps=50",
-    "--data.warmup_steps=200",
+    "--data.warmup_steps=300",
     "--data.eval_episodes=10",
 )
 

@@ -1,3 +1,5 @@
+import io
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -111,3 +113,70 @@ def test_module_act_is_epsilon_greedy() -> None:
     assert eps == pytest.approx(0.9)
     assert np.mean(actions != greedy) > 0.3
     assert torch.equal(model(torch.as_tensor(obs)).argmax(1), torch.as_tensor(greedy))
+
+
+@pytest.mark.parametrize(("num_envs", "updates_per_step"), [(1, 1.0), (1, 0.25), (4, 1.0), (2, 2.0)])
+def test_replay_ratio_holds_in_transitions(num_envs: int, updates_per_step: float) -> None:
+    """Before batch k the buffer got warmup + ceil((k + 1) * num_envs / updates_per_step) transitions."""
+    runner = make_runner(num_envs=num_envs)
+    dataset = ReplayDataset(runner, random_policy, batch_size=8, warmup_steps=32, updates_per_step=updates_per_step)
+    for k, batch in zip(range(300), dataset, strict=False):
+        due = 32 + int(np.ceil((k + 1) * num_envs / updates_per_step))
+        assert due <= batch.env_steps < due + num_envs  # at most one vector step past what was due
+    assert dataset.batches == 300
+
+
+def test_runner_state_round_trip_restarts_episodes_from_saved_env_rngs() -> None:
+    """A restored runner continues the counters and RNG streams; its envs reset from the saved RNGs,
+    so two restores of the same state produce the same experience."""
+    source = make_runner(num_envs=2)
+    for _ in range(50):
+        source.step(random_policy)
+    state = source.state_dict()
+    restored = []
+    for _ in range(2):
+        runner = make_runner(num_envs=2)
+        runner.load_state_dict(state)
+        assert (runner.env_steps, runner.episodes) == (source.env_steps, source.episodes)
+        for _ in range(30):
+            runner.step(random_policy)
+        restored.append(runner)
+    a, b = (r.buffer for r in restored)
+    assert torch.equal(a.obs[: len(a)], b.obs[: len(b)]) and torch.equal(a.actions, b.actions)
+    assert torch.load(_saved(state), weights_only=True)["env_rngs"] == state["env_rngs"]  # plain data
+
+
+def _saved(state: dict) -> "io.BytesIO":
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return buffer
+
+
+def test_each_batch_is_collected_with_the_latest_weights(tmp_path) -> None:
+    """Lightning would prefetch one batch from an unsized stream, collecting it with the policy from
+    before the latest update; the replay stream is sized so that every batch follows the update."""
+    import lightning as L
+
+    class Check(L.Callback):
+        def __init__(self) -> None:
+            self.updates_seen: list[int] = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            self.updates_seen.append(trainer.datamodule.dataset.batches - 1 - trainer.global_step)
+
+    data = GymDataModule(batch_size=8, warmup_steps=16, eval_episodes=2, seed=0)
+    check = Check()
+    trainer = L.Trainer(
+        max_steps=20,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[check],
+    )
+    trainer.fit(DQN(obs_dim=4, n_actions=2), datamodule=data)
+    assert check.updates_seen == [0] * 20  # batch k was drawn just before update k, none ahead

@@ -21,7 +21,7 @@ BAD_INPUTS = [
     (["--model.lr=-1e-3"], ["model.lr=-0.001", "> 0"]),
     (["--data.batch_size=0"], ["data.batch_size=0", ">= 1"]),
     (["--data.batch_size=60000"], ["data.batch_size=60000", "at most data.buffer_capacity=50000"]),
-    (["--data.warmup_steps=64"], ["data.warmup_steps=64", "at least data.batch_size=128"]),
+    (["--data.warmup_steps=64"], ["data.warmup_steps=64", "at least data.batch_size=256"]),
     (["--model.eps_start=1.5"], ["model.eps_start=1.5", "[0, 1]"]),
     (["--model.eps_end=-0.1"], ["model.eps_end=-0.1", "[0, 1]"]),
     (["--model.eps_start=0.2", "--model.eps_end=0.5"], ["model.eps_end=0.5", "at most model.eps_start=0.2"]),

@@ -40,7 +40,7 @@ class StepRecorder(L.Callback):
 def make_cli(root: Path, *overrides: str) -> tuple[DQNCLI, StepRecorder]:
     args = ["--config", str(CONFIG), "--trainer.accelerator=cpu", f"--trainer.default_root_dir={root}"]
     args += [f"--trainer.logger.init_args.save_dir={root}", "--trainer.enable_model_summary=false"]
-    args += ["--seed_everything=5", "--data.warmup_steps=200", "--data.eval_episodes=5"]
+    args += ["--seed_everything=5", "--data.warmup_steps=300", "--data.eval_episodes=5"]
     cli = DQNCLI(DQN, GymDataModule, args=[*args, *overrides], run=False)
     recorder = StepRecorder()
     cli.trainer.callbacks.append(recorder)
@@ -86,7 +86,7 @@ def test_resume_without_saved_buffer_refills_it(tmp_path: Path) -> None:
     env_steps, _, buffer_size, _ = recorder.counters
     assert resumed.trainer.global_step == 400
     # counters continued; the buffer was refilled with a full warm-up before training went on
-    assert buffer_size == 200 + 100 and env_steps >= 200 + 300 + 200 + 100
+    assert buffer_size == 300 + 100 and env_steps >= 300 + 300 + 300 + 100
 
 
 def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:

@@ -1,0 +1,118 @@
+"""Where one training step's time goes, on ``configs/cartpole_tutorial.yaml`` (1 env step + 1 update).
+
+    python benchmarks/profile_step.py --steps 3000
+
+Wraps the functions a step calls with wall-clock timers (a few hundred ns each, unlike a tracing
+profiler's per-call overhead) and prints the time per step spent in each part after ``--warmup``
+steps. "Lightning loop" is the rest: hooks, the dataloader/fetcher and the progress bar.
+"""
+
+import argparse
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.core.optimizer import LightningOptimizer
+
+ROOT = Path(__file__).resolve().parents[1]
+TOTALS: dict[str, float] = defaultdict(float)
+ACTIVE = {"on": False}
+
+
+def timed(owner: object, name: str, label: str) -> None:
+    """Replace ``owner.name`` with a wrapper adding its wall-clock time to ``TOTALS[label]``."""
+    original: Callable = getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        if not ACTIVE["on"]:
+            return original(*args, **kwargs)
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            TOTALS[label] += time.perf_counter() - start
+
+    setattr(owner, name, wrapper)
+
+
+class Window(L.Callback):
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.start = 0.0
+        self.elapsed = 0.0
+        self.steps = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.warmup:  # time from the end of step `warmup` to the end of fit
+            ACTIVE["on"] = True
+            self.start = time.perf_counter()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.elapsed = time.perf_counter() - self.start
+        self.steps = trainer.global_step - self.warmup
+        ACTIVE["on"] = False
+
+
+def main() -> None:
+    from lit_dqn import module
+    from lit_dqn.buffer import ReplayBuffer
+    from lit_dqn.cli import DQNCLI
+    from lit_dqn.data import GymDataModule
+    from lit_dqn.module import DQN
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--warmup", type=int, default=500)
+    parser.add_argument("--config", default=str(ROOT / "configs/cartpole_tutorial.yaml"))
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as root:
+        cli_args = ["--config", args.config, "--trainer.default_root_dir", root, "--trainer.accelerator=cpu"]
+        cli_args += ["--trainer.logger.init_args.save_dir", root, f"--trainer.max_steps={args.warmup + args.steps}"]
+        cli = DQNCLI(DQN, GymDataModule, args=cli_args, run=False)
+        window = Window(args.warmup)
+        cli.trainer.callbacks.append(window)
+        import gymnasium as gym
+
+        timed(gym.vector.SyncVectorEnv, "step", "env step (gymnasium)")
+        timed(DQN, "act", "action selection (ε-greedy, forward)")
+        timed(ReplayBuffer, "push", "buffer push")
+        timed(ReplayBuffer, "sample", "buffer sample")
+        timed(DQN, "training_step", "training_step total")
+        timed(module, "td_targets", "  TD targets")
+        timed(module, "td_loss", "  Huber loss")
+        timed(DQN, "manual_backward", "  backward")
+        timed(DQN, "clip_gradients", "  gradient clipping")
+        timed(LightningOptimizer, "step", "  AdamW step (fused)")
+        timed(DQN, "on_train_batch_end", "soft update (on_train_batch_end)")
+        timed(DQN, "on_train_batch_start", "episode logging (on_train_batch_start)")
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+
+    per_step = {k: v / window.steps * 1e6 for k, v in TOTALS.items()}
+    total = window.elapsed / window.steps * 1e6
+    top_level = [
+        "env step (gymnasium)",
+        "action selection (ε-greedy, forward)",
+        "buffer push",
+        "buffer sample",
+        "training_step total",
+        "soft update (on_train_batch_end)",
+        "episode logging (on_train_batch_start)",
+    ]
+    inner = [k for k in per_step if k.startswith("  ")]
+    per_step["  forward passes and the rest"] = per_step["training_step total"] - sum(per_step[k] for k in inner)
+    accounted = sum(per_step.get(k, 0.0) for k in top_level)
+    print(f"{args.steps} steps of {Path(args.config).name} after {args.warmup}: {total:.0f} us/step")
+    print(f"{'part':<42} {'us/step':>8} {'share':>6}")
+    for key, value in per_step.items():
+        print(f"{key:<42} {value:>8.0f} {value / total:>6.0%}")
+    rest = total - accounted
+    print(f"{'Lightning loop (hooks, fetcher, progress bar)':<42} {rest:>8.0f} {rest / total:>6.0%}")
+    print("(indented: inside training_step; the forward passes of the online and target nets are in the rest)")
+
+
+if __name__ == "__main__":
+    main()
