@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import EarlyStopping, ProgressBar
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,8 +35,10 @@ class Sampler(L.Callback):
         self.next = every
         self.start = time.perf_counter()
         self.rows: list[tuple[int, int, float, int, float]] = []
+        self.buffer_mib = float("nan")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.buffer_mib = trainer.datamodule.buffer.nbytes / 2**20
         if batch.env_steps >= self.next:
             self.next += self.every
             row = (batch.env_steps, trainer.global_step, rss_mib(), open_files(), time.perf_counter() - self.start)
@@ -57,16 +60,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as root:
         cli_args = ["--config", str(ROOT / "configs/cartpole.yaml"), "--trainer.default_root_dir", root]
         cli_args += ["--trainer.logger.init_args.save_dir", root, "--trainer.max_steps", str(updates)]
-        cli_args += ["--data.updates_per_step", str(args.updates_per_step), "--trainer.enable_progress_bar=false"]
+        cli_args += ["--data.updates_per_step", str(args.updates_per_step)]
         cli_args += ["--trainer.val_check_interval=5000", "--data.eval_episodes=10"]
         cli = DQNCLI(DQN, GymDataModule, args=cli_args, run=False)
-        cli.trainer.callbacks = [c for c in cli.trainer.callbacks if type(c).__name__ != "EarlyStopping"]
+        # no early stop (the run must last), no progress bar (the table is the output)
+        drop = (EarlyStopping, ProgressBar)
+        cli.trainer.callbacks = [c for c in cli.trainer.callbacks if not isinstance(c, drop)]
         sampler = Sampler(args.every)
         cli.trainer.callbacks.append(sampler)
         print(f"buffer: {cli.datamodule.hparams.buffer_capacity} transitions")
         print(f"{'env steps':>9} {'updates':>8} {'RSS MiB':>8} {'fds':>6} {'time s':>7}")
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-        buffer_mib = cli.datamodule.buffer.nbytes / 2**20 if cli.datamodule.buffer is not None else float("nan")
     full = [r for r in sampler.rows if r[0] >= cli.datamodule.hparams.buffer_capacity]
     if len(full) >= 2:
         growth = full[-1][2] - full[0][2]
@@ -77,7 +81,7 @@ def main() -> None:
         )
     print(
         f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f} MiB; buffer storage "
-        f"{buffer_mib:.2f} MiB"
+        f"{sampler.buffer_mib:.2f} MiB (capacity x transition size)"
     )
 
 
