@@ -45,7 +45,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, pickle.UnpicklingError) as error:
+    except pickle.UnpicklingError:  # torch's own message suggests weights_only=False: not for a file this broken
+        raise ConfigError(
+            f"ckpt_path={str(path)!r} is not a readable checkpoint: not a file torch.save wrote, or it holds "
+            "objects other than tensors and plain containers"
+        ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(f"ckpt_path={str(path)!r} is not a readable checkpoint: {first_line}") from None
 

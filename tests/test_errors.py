@@ -86,10 +86,13 @@ def test_corrupt_checkpoint(damage: str, run_dir_with_history: Path) -> None:
 def test_checkpoint_from_another_env_names_the_shapes(run_dir_with_history: Path) -> None:
     ckpt = run_dir_with_history / "lightning_logs/version_0/checkpoints/last.ckpt"
     args = ["--data.env_id=Acrobot-v1", "--ckpt_path", str(ckpt)]
+    before = snapshot(run_dir_with_history)
     for subcommand in ("fit", "test"):
         result = run_cli(subcommand, "--config", str(CONFIG), *SHORT_FIT, *args, cwd=run_dir_with_history)
         line = assert_clean_error(result, ["does not fit this model", "obs_dim=4, n_actions=2", "obs_dim=6"])
         assert "n_actions=3" in line and "policy_net.net.0.weight (128, 4) in the checkpoint vs (128, 6) now" in line
+    after = snapshot(run_dir_with_history)
+    assert {k: v for k, v in after.items() if k in before} == before
 
 
 def test_resume_last_without_any_run(tmp_path: Path) -> None:
