@@ -47,6 +47,8 @@ class GracefulStop(L.Callback):
         self._saved_step = trainer.global_step
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Install the handlers when training starts (before it there is nothing to save), after
+        Lightning registered its own SIGTERM handler, which would end the run without a checkpoint."""
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be installed from the main thread
         for signum in (signal.SIGINT, signal.SIGTERM):
