@@ -14,9 +14,9 @@ def random_policy(obs: np.ndarray, env_step: int, rng: np.random.Generator) -> t
     return rng.integers(2, size=obs.shape[0]), 1.0
 
 
-def make_runner(num_envs: int = 1, capacity: int = 10_000, **env_kwargs) -> EnvRunner:
+def make_runner(num_envs: int = 1, capacity: int = 10_000, seed: int = 0, **env_kwargs) -> EnvRunner:
     envs = gym.make_vec("CartPole-v1", num_envs=num_envs, vectorization_mode="sync", **env_kwargs)
-    return EnvRunner(envs, ReplayBuffer(capacity, (4,), seed=0), seed=0)
+    return EnvRunner(envs, ReplayBuffer(capacity, (4,), seed=0), seed=seed)
 
 
 def test_dataset_steps_env_before_every_batch() -> None:
@@ -127,26 +127,27 @@ def test_replay_ratio_holds_in_transitions(num_envs: int, updates_per_step: floa
 
 
 def test_runner_state_round_trip_restarts_episodes_from_saved_env_rngs() -> None:
-    """A restored runner continues the counters and RNG streams; its envs reset from the saved RNGs,
-    so two restores of the same state produce the same experience."""
-    source = make_runner(num_envs=2)
-    for _ in range(50):
-        source.step(random_policy)
-    state = source.state_dict()
-    restored = []
-    for _ in range(2):
-        runner = make_runner(num_envs=2)
-        runner.load_state_dict(state)
-        assert (runner.env_steps, runner.episodes) == (source.env_steps, source.episodes)
-        for _ in range(30):
+    """Saved between episodes, a runner restored into a fresh runner with another seed collects exactly
+    what the original collects next: counters, exploration RNG and the env's next reset all continue."""
+    source = make_runner(seed=0)
+    while True:  # run until an episode has just ended: the next step would be the autoreset
+        if source.step(random_policy):
+            break
+    state = torch.load(_saved(source.state_dict()), weights_only=True)  # as a checkpoint stores it
+    restored = make_runner(seed=123)
+    restored.load_state_dict(state)
+    assert (restored.env_steps, restored.episodes) == (source.env_steps, source.episodes)
+    start = source.env_steps
+    for runner in (source, restored):
+        while runner.env_steps < start + 50:
             runner.step(random_policy)
-        restored.append(runner)
-    a, b = (r.buffer for r in restored)
-    assert torch.equal(a.obs[: len(a)], b.obs[: len(b)]) and torch.equal(a.actions, b.actions)
-    assert torch.load(_saved(state), weights_only=True)["env_rngs"] == state["env_rngs"]  # plain data
+    mine, theirs = source.buffer, restored.buffer
+    assert torch.equal(mine.obs[start : start + 50], theirs.obs[:50])
+    assert torch.equal(mine.actions[start : start + 50], theirs.actions[:50])
+    assert torch.equal(mine.next_obs[start : start + 50], theirs.next_obs[:50])
 
 
-def _saved(state: dict) -> "io.BytesIO":
+def _saved(state: dict) -> io.BytesIO:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     buffer.seek(0)
