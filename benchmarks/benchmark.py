@@ -47,7 +47,8 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _cli(config: str, root: str, device: str, extra: list[str]):
+def build_cli(config: str, root: str, device: str, extra: list[str]):
+    """``lit_dqn fit --config CONFIG EXTRA`` in-process (not yet run), logging under ``root``."""
     from lit_dqn.cli import DQNCLI
     from lit_dqn.data import GymDataModule
     from lit_dqn.module import DQN
@@ -87,7 +88,7 @@ def lit_throughput(job: tuple[int, int, str, list[str]]) -> dict[str, float]:
     _quiet()
     with tempfile.TemporaryDirectory() as root:
         config = str(ROOT / "configs" / "cartpole_tutorial.yaml")
-        cli = _cli(config, root, device, ["--trainer.max_steps", str(warmup + steps), *extra])
+        cli = build_cli(config, root, device, ["--trainer.max_steps", str(warmup + steps), *extra])
         timer = SteadyStateTimer(warmup)
         cli.trainer.callbacks.append(timer)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
@@ -132,7 +133,7 @@ def solve_seed(job: tuple[str, int, float, str, list[str], int]) -> dict:
     _quiet()
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as root:
-        cli = _cli(config, root, device, ["--seed_everything", str(seed), *extra])
+        cli = build_cli(config, root, device, ["--seed_everything", str(seed), *extra])
         timer = SolveTimer()
         cli.trainer.callbacks.append(timer)
         start = time.perf_counter()

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
+from benchmark import build_cli
 from lightning.pytorch.core.optimizer import LightningOptimizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,8 +60,6 @@ class Window(L.Callback):
 def main() -> None:
     from lit_dqn import module
     from lit_dqn.buffer import ReplayBuffer
-    from lit_dqn.cli import DQNCLI
-    from lit_dqn.data import GymDataModule
     from lit_dqn.module import DQN
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -70,9 +69,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as root:
-        cli_args = ["--config", args.config, "--trainer.default_root_dir", root, "--trainer.accelerator=cpu"]
-        cli_args += ["--trainer.logger.init_args.save_dir", root, f"--trainer.max_steps={args.warmup + args.steps}"]
-        cli = DQNCLI(DQN, GymDataModule, args=cli_args, run=False)
+        cli = build_cli(args.config, root, "cpu", [f"--trainer.max_steps={args.warmup + args.steps}"])
         window = Window(args.warmup)
         cli.trainer.callbacks.append(window)
         import gymnasium as gym

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+from benchmark import build_cli
 from lightning.pytorch.callbacks import EarlyStopping, ProgressBar
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,10 +48,6 @@ class Sampler(L.Callback):
 
 
 def main() -> None:
-    from lit_dqn.cli import DQNCLI
-    from lit_dqn.data import GymDataModule
-    from lit_dqn.module import DQN
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env-steps", type=int, default=200_000)
     parser.add_argument("--every", type=int, default=10_000)
@@ -58,11 +55,9 @@ def main() -> None:
     args = parser.parse_args()
     updates = int(args.env_steps * args.updates_per_step)
     with tempfile.TemporaryDirectory() as root:
-        cli_args = ["--config", str(ROOT / "configs/cartpole.yaml"), "--trainer.default_root_dir", root]
-        cli_args += ["--trainer.logger.init_args.save_dir", root, "--trainer.max_steps", str(updates)]
-        cli_args += ["--data.updates_per_step", str(args.updates_per_step)]
-        cli_args += ["--trainer.val_check_interval=5000", "--data.eval_episodes=10"]
-        cli = DQNCLI(DQN, GymDataModule, args=cli_args, run=False)
+        extra = ["--trainer.max_steps", str(updates), "--data.updates_per_step", str(args.updates_per_step)]
+        extra += ["--trainer.val_check_interval=5000", "--data.eval_episodes=10"]
+        cli = build_cli(str(ROOT / "configs/cartpole.yaml"), root, "cpu", extra)
         # no early stop (the run must last), no progress bar (the table is the output)
         drop = (EarlyStopping, ProgressBar)
         cli.trainer.callbacks = [c for c in cli.trainer.callbacks if not isinstance(c, drop)]

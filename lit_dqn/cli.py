@@ -35,10 +35,11 @@ class DQNCLI(LightningCLI):
     def parse_arguments(self, parser, args) -> None:
         """Check a checkpoint file is there and readable before Lightning reads its hyperparameters."""
         super().parse_arguments(parser, args)
+        self._checkpoint: tuple[str | None, dict | None] = (None, None)
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path is not None and ckpt_path not in {"last", *_LIGHTNING_CKPT_NAMES}:
-            read_checkpoint(ckpt_path)
+            self._checkpoint = (ckpt_path, read_checkpoint(ckpt_path))  # checked for fit once the model exists
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         try:
@@ -77,7 +78,11 @@ class DQNCLI(LightningCLI):
             ckpt_path = str(found)
             self.config_init[subcommand]["ckpt_path"] = ckpt_path
             print(f"Resuming from {ckpt_path}", file=sys.stderr)
-        check_checkpoint_fits(read_checkpoint(ckpt_path), self.model, ckpt_path)
+        cached_path, checkpoint = self._checkpoint
+        if cached_path != ckpt_path:  # 'last', resolved just above
+            checkpoint = read_checkpoint(ckpt_path)
+        self._checkpoint = (None, None)  # no need to hold it while training
+        check_checkpoint_fits(checkpoint, self.model, ckpt_path)
 
 
 def main(args: list[str] | None = None) -> int:

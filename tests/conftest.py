@@ -3,7 +3,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import lightning as L
 import pytest
+
+from lit_dqn import DQN, GymDataModule
+from lit_dqn.cli import DQNCLI
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "cartpole.yaml"
@@ -41,3 +45,32 @@ def fit_run(tmp_path_factory: pytest.TempPathFactory) -> FitRun:
     result = run_cli("fit", "--config", str(CONFIG), *SHORT_FIT, cwd=cwd)
     assert result.returncode == 0, result.stderr[-3000:]
     return FitRun(cwd, cwd / "lightning_logs" / "version_0", result)
+
+
+class StepRecorder(L.Callback):
+    """Per training step: the loss, and whether an episode ended while its batch was collected."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+        self.episode_ended: list[bool] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.episode_ended.append(bool(batch.episode_lengths))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.append(outputs["loss"].item())
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        runner = trainer.datamodule.runner
+        self.counters = (runner.env_steps, runner.episodes, len(runner.buffer), runner.buffer.pos)
+
+
+def make_cli(root: Path, *overrides: str) -> tuple[DQNCLI, StepRecorder]:
+    """``lit_dqn fit --config configs/cartpole.yaml OVERRIDES`` on the CPU, in-process and not yet run,
+    writing under ``root``, with a ``StepRecorder`` attached."""
+    args = ["--config", str(CONFIG), "--trainer.accelerator=cpu", f"--trainer.default_root_dir={root}"]
+    args += [f"--trainer.logger.init_args.save_dir={root}", "--trainer.enable_model_summary=false"]
+    cli = DQNCLI(DQN, GymDataModule, args=[*args, *overrides], run=False)
+    recorder = StepRecorder()
+    cli.trainer.callbacks.append(recorder)
+    return cli, recorder

@@ -11,40 +11,19 @@ import lightning as L
 import pytest
 import torch
 
-from lit_dqn import DQN, GymDataModule
+from lit_dqn import DQN
 from lit_dqn.checkpoints import AtomicCheckpointIO
 from lit_dqn.cli import DQNCLI
 from lit_dqn.module import NonFiniteLossError
 
-from .conftest import CONFIG, SHORT_FIT, run_cli
-
-
-class StepRecorder(L.Callback):
-    """Per training step: the loss, and whether an episode ended while its batch was collected."""
-
-    def __init__(self) -> None:
-        self.losses: list[float] = []
-        self.episode_ended: list[bool] = []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.episode_ended.append(bool(batch.episode_lengths))
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.losses.append(outputs["loss"].item())
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        runner = trainer.datamodule.runner
-        self.counters = (runner.env_steps, runner.episodes, len(runner.buffer), runner.buffer.pos)
+from . import conftest
+from .conftest import CONFIG, SHORT_FIT, StepRecorder, run_cli
 
 
 def make_cli(root: Path, *overrides: str) -> tuple[DQNCLI, StepRecorder]:
-    args = ["--config", str(CONFIG), "--trainer.accelerator=cpu", f"--trainer.default_root_dir={root}"]
-    args += [f"--trainer.logger.init_args.save_dir={root}", "--trainer.enable_model_summary=false"]
-    args += ["--seed_everything=5", "--data.warmup_steps=300", "--data.eval_episodes=5"]
-    cli = DQNCLI(DQN, GymDataModule, args=[*args, *overrides], run=False)
-    recorder = StepRecorder()
-    cli.trainer.callbacks.append(recorder)
-    return cli, recorder
+    return conftest.make_cli(
+        root, "--seed_everything=5", "--data.warmup_steps=300", "--data.eval_episodes=5", *overrides
+    )
 
 
 def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path: Path) -> None:

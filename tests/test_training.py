@@ -2,31 +2,17 @@
 
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 
-from lit_dqn import DQN, GymDataModule
 from lit_dqn.cli import DQNCLI
 
-from .conftest import CONFIG
-
-
-class LossRecorder(L.Callback):
-    def __init__(self) -> None:
-        self.losses: list[float] = []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.losses.append(outputs["loss"].item())
+from .conftest import make_cli
 
 
 def fit_default_config(tmp_path: Path, *overrides: str) -> tuple[DQNCLI, list[float]]:
-    """``lit_dqn fit --config configs/cartpole.yaml OVERRIDES`` on the CPU, returning the CLI objects."""
-    args = ["--config", str(CONFIG), "--trainer.accelerator=cpu", f"--trainer.default_root_dir={tmp_path}"]
-    args += [f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.enable_model_summary=false"]
-    cli = DQNCLI(DQN, GymDataModule, args=[*args, *overrides], run=False)
-    recorder = LossRecorder()
-    cli.trainer.callbacks.append(recorder)
+    """``lit_dqn fit --config configs/cartpole.yaml OVERRIDES`` on the CPU; the CLI objects and the losses."""
+    cli, recorder = make_cli(tmp_path, *overrides)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     return cli, recorder.losses
 
