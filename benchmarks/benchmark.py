@@ -9,7 +9,9 @@ Throughput: ``configs/cartpole_tutorial.yaml`` (1 env step + 1 update of batch 1
 against ``tutorial_loop.py``, each in a fresh process, alternating for ``--rounds`` rounds; the
 timer starts after ``--warmup`` steps (startup, compilation of kernels and the first validation
 excluded) and runs for ``--steps`` steps. The ratio of medians is the figure to compare: absolute
-rates drift with the machine's load.
+rates drift with the machine's load. Two floors from ``floors.py`` are measured in the same rounds:
+lit_dqn's update with no env and no framework, and Lightning's loop around an empty step; together
+they bound how fast any Lightning DQN step can be on the machine.
 
 Solve: each seed trains the default config in its own process (``fit``, which stops early once the
 greedy validation mean reaches the config's threshold) and then tests the best checkpoint on the
@@ -163,30 +165,58 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def floors_throughput(job: tuple[int, int, str, list[str]]) -> dict[str, float]:
+    warmup, steps, device, _ = job
+    _quiet()
+    sys.path.insert(0, str(Path(__file__).parent))
+    from floors import lightning_alone, update_alone
+
+    update = update_alone(steps, warmup, device)["updates_per_s"]
+    loop = lightning_alone(steps, warmup, device)["steps_per_s"]
+    return {"update_us": 1e6 / update, "loop_us": 1e6 / loop, "peak_rss_mib": _peak_rss_mib()}
+
+
 def throughput_table(args: argparse.Namespace) -> None:
     job = (args.warmup, args.steps, args.device, args.extra)
-    lit, tut = [], []
+    lit, tut, floors = [], [], []
     ctx = mp.get_context("spawn")
-    for _ in range(args.rounds):  # alternate, one process at a time, so both see the same machine
-        for fn, rows in ((lit_throughput, lit), (tutorial_throughput, tut)):
+    for _ in range(args.rounds):  # alternate, one process at a time, so all see the same machine
+        for fn, rows in ((lit_throughput, lit), (tutorial_throughput, tut), (floors_throughput, floors)):
             with ctx.Pool(1) as pool:
                 rows.append(pool.apply(fn, (job,)))
     print(
         f"## Throughput: configs/cartpole_tutorial.yaml vs the tutorial's loop ({args.device}, "
         f"{args.steps} steps after {args.warmup}, median of {args.rounds} rounds)"
     )
-    print(f"{'loop':<22} {'env steps/s':>12} {'updates/s':>10} {'us/step':>8} {'peak RSS MiB':>13}")
-    medians = {}
+    print(f"{'loop':<34} {'env steps/s':>12} {'updates/s':>10} {'us/step':>8} {'peak RSS MiB':>13}")
+    us = {}
     for name, rows in (("lit_dqn", lit), ("tutorial (reference)", tut)):
         steps = statistics.median(r["env_steps_per_s"] for r in rows)
         updates = statistics.median(r["updates_per_s"] for r in rows)
         rss = max(r["peak_rss_mib"] for r in rows)
-        medians[name] = steps
-        print(f"{name:<22} {steps:>12.0f} {updates:>10.0f} {1e6 / updates:>8.0f} {rss:>13.0f}")
-    ratio = medians["lit_dqn"] / medians["tutorial (reference)"]
+        us[name] = 1e6 / steps
+        print(f"{name:<34} {steps:>12.0f} {updates:>10.0f} {us[name]:>8.0f} {rss:>13.0f}")
+    update_us = statistics.median(r["update_us"] for r in floors)
+    loop_us = statistics.median(r["loop_us"] for r in floors)
+    rss = max(r["peak_rss_mib"] for r in floors)
+    print(f"{'floor: update alone (no env)':<34} {'-':>12} {1e6 / update_us:>10.0f} {update_us:>8.0f} {rss:>13.0f}")
+    print(f"{'floor: Lightning loop, empty step':<34} {'-':>12} {'-':>10} {loop_us:>8.0f} {'':>13}")
+    ratio = us["tutorial (reference)"] / us["lit_dqn"]
     pairs = zip(lit, tut, strict=True)
     per_round = ", ".join(f"{a['env_steps_per_s']:.0f}/{b['env_steps_per_s']:.0f}" for a, b in pairs)
     print(f"ratio lit_dqn / tutorial: {ratio:.2f}x (env steps/s per round, lit_dqn/tutorial: {per_round})")
+    target_us = us["tutorial (reference)"] / 2
+    overhead_us = us["lit_dqn"] - update_us
+    print(
+        f"2x the tutorial needs <= {target_us:.0f} us/step; the update alone takes {update_us:.0f} us and "
+        f"Lightning's loop {loop_us:.0f} us, so with no env at all the ceiling is "
+        f"{us['tutorial (reference)'] / (update_us + loop_us):.2f}x"
+    )
+    print(
+        f"lit_dqn's overhead beyond the update: {overhead_us:.0f} us/step (budget 200), of which Lightning's "
+        f"empty loop is {loop_us:.0f}; the rest is the env, acting, buffer, logging and Lightning's "
+        "backward/optimizer hooks (see benchmarks/profile_step.py)"
+    )
     print()
 
 

@@ -82,6 +82,7 @@ class DQN(L.LightningModule):
         self.target_net = copy.deepcopy(self.policy_net).requires_grad_(False)
         self.duration_mean = RunningMean(window=100)
         self.episode_durations: list[int] = []
+        self._mean_logged_at = 0  # episodes ended when the 100-episode mean was last logged
         self.progress: dict[str, float] = {}  # shown by lit_dqn.callbacks.EpisodeProgressBar
 
     def forward(self, obs: Tensor) -> Tensor:
@@ -115,30 +116,39 @@ class DQN(L.LightningModule):
     def on_train_batch_start(self, batch: ReplayBatch, batch_idx: int) -> None:
         """Record the episodes that ended while this batch was collected."""
         if batch.episode_lengths:
-            mean100 = self._record_episodes(batch.episode_lengths)
-            self.progress = {
-                "episodes": batch.episodes,
-                "duration": batch.episode_lengths[-1],
-                "mean100": round(mean100, 1),
-            }
+            self._record_episodes(batch.episode_lengths)
+            self.progress.update(episodes=batch.episodes, duration=batch.episode_lengths[-1])
         self.progress["eps"] = round(batch.epsilon, 3)
+        if self._is_logging_step():
+            self._log_duration_mean()
         max_episodes = self.hparams.max_episodes
         if max_episodes is not None and batch.episodes >= max_episodes:
             self.trainer.should_stop = True
 
-    def _record_episodes(self, lengths: Sequence[int]) -> float:
-        """Log each episode's duration at its episode index (the tutorial's x axis) and return the
-        100-episode mean, logged once per batch at the batch's last episode: computing it costs ~1 ms."""
+    def _record_episodes(self, lengths: Sequence[int]) -> None:
+        """Log each episode's duration at its episode index (the tutorial's x axis)."""
+        first = len(self.episode_durations) + 1
         for length in lengths:
             self.episode_durations.append(length)
             self.duration_mean.update(float(length))
-        mean100 = float(self.duration_mean.compute())
-        last = len(self.episode_durations)
         for logger in self.loggers:
-            for episode, length in enumerate(lengths, start=last - len(lengths) + 1):
+            for episode, length in enumerate(lengths, start=first):
                 logger.log_metrics({"train/episode_duration": length}, step=episode)
+
+    def _log_duration_mean(self) -> None:
+        """Log the 100-episode mean at the newest episode, if episodes ended since it was last logged.
+
+        Called on logging steps and at the end of training, not per episode: computing the
+        running mean costs ~1 ms, more than a training step.
+        """
+        last = len(self.episode_durations)
+        if last == self._mean_logged_at:
+            return
+        mean100 = float(self.duration_mean.compute())
+        for logger in self.loggers:
             logger.log_metrics({"train/episode_duration_mean100": mean100}, step=last)
-        return mean100
+        self.progress["mean100"] = round(mean100, 1)
+        self._mean_logged_at = last
 
     def training_step(self, batch: ReplayBatch, batch_idx: int) -> Tensor:
         """One DQN update on a replay batch: TD targets from the target network, Huber loss, AdamW step."""
@@ -186,9 +196,18 @@ class DQN(L.LightningModule):
         every = self.trainer.log_every_n_steps
         return every > 0 and (self.global_step + 1) % every == 0
 
+    def on_train_start(self) -> None:
+        """Pair the target and online parameters once, on their device: ``parameters()`` walks the
+        module tree, which would cost more than the soft update itself on every step."""
+        self._soft_update_pairs = (list(self.target_net.parameters()), list(self.policy_net.parameters()))
+
     def on_train_batch_end(self, outputs: Tensor, batch: ReplayBatch, batch_idx: int) -> None:
         """Soft target update after each optimizer step."""
-        soft_update(self.target_net, self.policy_net, self.hparams.tau)
+        soft_update(*self._soft_update_pairs, self.hparams.tau)
+
+    def on_train_end(self) -> None:
+        """Log the 100-episode mean of the final episodes, so the curve ends where training did."""
+        self._log_duration_mean()
 
     def validation_step(self, returns: Tensor, batch_idx: int) -> None:
         self._log_returns("val", returns)
@@ -218,6 +237,7 @@ class DQN(L.LightningModule):
         self.duration_mean.reset()
         for length in self.episode_durations[-100:]:
             self.duration_mean.update(float(length))
+        self._mean_logged_at = len(self.episode_durations)
 
     def on_fit_end(self) -> None:
         """Write the tutorial's duration plot into the run directory and to TensorBoard."""

@@ -1,6 +1,6 @@
 """The Q-network: an MLP from a flat observation to one Q-value per discrete action."""
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -28,11 +28,13 @@ class QNetwork(nn.Module):
         return self.net(obs)
 
 
-def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
-    """Polyak-average ``source`` into ``target``: θ′ ← τθ + (1−τ)θ′.
+def soft_update(target: Iterable[Tensor], source: Iterable[Tensor], tau: float) -> None:
+    """Polyak-average ``source`` parameters into ``target`` parameters: θ′ ← τθ + (1−τ)θ′.
 
-    One fused ``_foreach_lerp_`` over all parameters instead of a Python loop over a state dict:
-    it runs after every optimizer step, so its cost is paid on every training step.
+    One fused ``_foreach_lerp_`` over all parameters instead of a Python loop over a state dict: it
+    runs after every optimizer step, so its cost is paid on every training step. It takes parameter
+    lists rather than modules because ``Module.parameters()`` walks the module tree, which costs
+    more than the lerp itself; callers collect the lists once.
     """
     with torch.no_grad():
-        torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
+        torch._foreach_lerp_(list(target), list(source), tau)

@@ -1,0 +1,151 @@
+"""The two costs a Lightning DQN step cannot go below, measured on this machine.
+
+    python benchmarks/floors.py --steps 3000
+
+- **Update alone**: lit_dqn's own pieces with no env, no acting and no framework: sample a batch of
+  128 from a filled ``ReplayBuffer``, Q-values and TD targets, Huber loss, backward, gradient
+  clipping by value, fused AdamW (amsgrad) step and the soft target update.
+- **Lightning loop alone**: a ``Trainer`` with the tutorial config's callbacks (checkpointing,
+  progress bar) and logger, running a manual-optimization ``training_step`` that does nothing on a
+  stream of constant batches: fetching, hooks, progress tracking and the progress bar.
+
+``benchmark.py`` prints both next to lit_dqn and the tutorial's loop, so the gap between lit_dqn and
+the sum of its floors (the overhead that is ours to cut) is read off one run.
+"""
+
+import argparse
+import copy
+import tempfile
+import time
+from collections.abc import Iterator
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, IterableDataset
+
+from lit_dqn.buffer import ReplayBuffer
+from lit_dqn.callbacks import EpisodeProgressBar
+from lit_dqn.losses import td_loss, td_targets
+from lit_dqn.networks import QNetwork, soft_update
+
+OBS_DIM, N_ACTIONS, BATCH_SIZE = 4, 2, 128  # CartPole-v1 on configs/cartpole_tutorial.yaml
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def update_alone(steps: int, warmup: int = 500, device: str = "cpu") -> dict[str, float]:
+    """Updates per second of lit_dqn's update with nothing around it."""
+    device = torch.device(device)
+    torch.manual_seed(0)
+    buffer = ReplayBuffer(10_000, (OBS_DIM,), device=device, seed=0)
+    n = buffer.capacity
+    buffer.push(torch.randn(n, OBS_DIM), torch.randint(N_ACTIONS, (n,)), torch.ones(n), torch.randn(n, OBS_DIM),
+                torch.rand(n) < 0.05)  # fmt: skip
+    policy_net = QNetwork(OBS_DIM, N_ACTIONS).to(device)
+    target_net = copy.deepcopy(policy_net).requires_grad_(False)
+    optimizer = torch.optim.AdamW(policy_net.parameters(), lr=1e-4, amsgrad=True, fused=True)
+    pairs = (list(target_net.parameters()), list(policy_net.parameters()))
+
+    def update() -> None:
+        obs, actions, rewards, next_obs, terminated = buffer.sample(BATCH_SIZE)
+        q_values = policy_net(obs)  # [B, n_actions]
+        with torch.no_grad():
+            targets = td_targets(rewards, target_net(next_obs), terminated, 0.99)
+        loss = td_loss(q_values, actions, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_value_(policy_net.parameters(), 100.0)
+        optimizer.step()
+        soft_update(*pairs, 0.005)
+
+    for _ in range(warmup):
+        update()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        update()
+    _sync(device)
+    return {"updates_per_s": steps / (time.perf_counter() - start)}
+
+
+class ConstantBatches(IterableDataset):
+    """The same tiny batch forever: the cheapest possible data for the loop to fetch."""
+
+    def __len__(self) -> int:  # sized like lit_dqn's replay stream, so Lightning does not prefetch
+        return 2**62
+
+    def __iter__(self) -> Iterator[Tensor]:
+        batch = torch.zeros(1)
+        while True:
+            yield batch
+
+
+class EmptyStep(L.LightningModule):
+    """Manual optimization (as lit_dqn's DQN) with a training step that does no work."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> None:
+        return None
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+class _Timer(L.Callback):
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.start = self.elapsed = 0.0
+        self.steps = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.warmup:
+            self.start = time.perf_counter()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.elapsed = time.perf_counter() - self.start
+        self.steps = trainer.fit_loop.epoch_loop.batch_progress.total.completed - self.warmup
+
+
+def lightning_alone(steps: int, warmup: int = 500, device: str = "cpu") -> dict[str, float]:
+    """Training steps per second of Lightning's loop around a step that does nothing."""
+    timer = _Timer(warmup)
+    with tempfile.TemporaryDirectory() as root:
+        trainer = L.Trainer(
+            accelerator=device,
+            devices=1,
+            max_steps=-1,
+            max_epochs=1,
+            limit_train_batches=warmup + steps,
+            limit_val_batches=0,
+            log_every_n_steps=100,
+            default_root_dir=root,
+            logger=L.pytorch.loggers.TensorBoardLogger(root, name="lightning_logs", default_hp_metric=False),
+            callbacks=[
+                L.pytorch.callbacks.ModelCheckpoint(save_last=True),
+                EpisodeProgressBar(refresh_rate=50),
+                timer,
+            ],
+            enable_model_summary=False,
+        )
+        trainer.fit(EmptyStep(), DataLoader(ConstantBatches(), batch_size=None))
+    return {"steps_per_s": timer.steps / timer.elapsed}
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--warmup", type=int, default=500)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    update = update_alone(args.steps, args.warmup, args.device)["updates_per_s"]
+    loop = lightning_alone(args.steps, args.warmup, args.device)["steps_per_s"]
+    print(f"update alone: {1e6 / update:.0f} us/update ({update:.0f} updates/s)")
+    print(f"Lightning loop alone: {1e6 / loop:.0f} us/step ({loop:.0f} steps/s)")
