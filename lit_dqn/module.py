@@ -83,6 +83,8 @@ class DQN(L.LightningModule):
         self.duration_mean = RunningMean(window=100)
         self.episode_durations: list[int] = []
         self._mean_logged_at = 0  # episodes ended when the 100-episode mean was last logged
+        self._loss_finite: Tensor | None = None  # every TD loss since the last check was finite
+        self._updates_checked = 0  # updates whose loss is known to be finite
         self.progress: dict[str, float] = {}  # shown by lit_dqn.callbacks.EpisodeProgressBar
 
     def forward(self, obs: Tensor) -> Tensor:
@@ -119,7 +121,7 @@ class DQN(L.LightningModule):
             self._record_episodes(batch.episode_lengths)
             self.progress.update(episodes=batch.episodes, duration=batch.episode_lengths[-1])
         self.progress["eps"] = round(batch.epsilon, 3)
-        if self._is_logging_step():
+        if self._is_logging_step(batch_idx):
             self._log_duration_mean()
         max_episodes = self.hparams.max_episodes
         if max_episodes is not None and batch.episodes >= max_episodes:
@@ -159,12 +161,7 @@ class DQN(L.LightningModule):
             next_q_online = self.policy_net(next_obs) if self.hparams.double_dqn else None
         targets = td_targets(rewards, next_q_target, terminated, self.hparams.gamma, next_q_online)
         loss = td_loss(q_values, actions, targets)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"the TD loss is {loss.item()} at step {self.global_step}: training stopped without saving; "
-                f"the last good checkpoint is {self._last_checkpoint() or 'none (none was written yet)'} "
-                "(try a lower model.lr)"
-            )
+        self._loss_finite.logical_and_(torch.isfinite(loss))  # read on logging steps and before saves
 
         optimizer = self.optimizers()
         optimizer.zero_grad()
@@ -173,7 +170,8 @@ class DQN(L.LightningModule):
             self.clip_gradients(optimizer, self.hparams.grad_clip_value, gradient_clip_algorithm="value")
         optimizer.step()
 
-        if self._is_logging_step():
+        if self._is_logging_step(batch_idx):
+            self._check_loss_finite()
             self.log_dict(
                 {
                     "train/loss": loss.detach(),
@@ -187,27 +185,49 @@ class DQN(L.LightningModule):
             )
         return loss.detach()
 
+    def _check_loss_finite(self) -> None:
+        """Stop if any TD loss since the last check was NaN or infinite.
+
+        The flag stays on the model's device and is read only on logging steps, before every
+        checkpoint and at the end of training: reading it is a host sync, which on a GPU would stall
+        every step. Ruined weights are never saved, because every save checks first.
+        """
+        if self._loss_finite is None or self._loss_finite.item():
+            self._updates_checked = self.global_step
+            return
+        raise NonFiniteLossError(
+            f"the TD loss became NaN or infinite at a step between {self._updates_checked} and "
+            f"{self.global_step - 1}: training stopped without saving; the last good checkpoint is "
+            f"{self._last_checkpoint() or 'none (none was written yet)'} (try a lower model.lr)"
+        )
+
     def _last_checkpoint(self) -> str | None:
         callback = self.trainer.checkpoint_callback
         return (callback.last_model_path or callback.best_model_path or None) if callback is not None else None
 
-    def _is_logging_step(self) -> bool:
-        """Log step scalars only every ``trainer.log_every_n_steps``: ``self.log`` costs more than the step."""
+    def _is_logging_step(self, batch_idx: int) -> bool:
+        """Log step values only on the batches Lightning writes logs for (every
+        ``trainer.log_every_n_steps``-th): ``self.log`` and the running mean cost more than a step."""
         every = self.trainer.log_every_n_steps
-        return every > 0 and (self.global_step + 1) % every == 0
+        return every > 0 and (batch_idx + 1) % every == 0
 
     def on_train_start(self) -> None:
         """Pair the target and online parameters once, on their device: ``parameters()`` walks the
-        module tree, which would cost more than the soft update itself on every step."""
+        module tree, which would cost more than the soft update itself on every step. Start
+        watching the loss from the step training starts (or resumes) at."""
         self._soft_update_pairs = (list(self.target_net.parameters()), list(self.policy_net.parameters()))
+        self._loss_finite = torch.ones((), dtype=torch.bool, device=self.device)
+        self._updates_checked = self.global_step
 
     def on_train_batch_end(self, outputs: Tensor, batch: ReplayBatch, batch_idx: int) -> None:
         """Soft target update after each optimizer step."""
         soft_update(*self._soft_update_pairs, self.hparams.tau)
 
     def on_train_end(self) -> None:
-        """Log the 100-episode mean of the final episodes, so the curve ends where training did."""
+        """Log the 100-episode mean of the final episodes, so the curve ends where training did, and
+        report a loss that went non-finite after the last check."""
         self._log_duration_mean()
+        self._check_loss_finite()
 
     def validation_step(self, returns: Tensor, batch_idx: int) -> None:
         self._log_returns("val", returns)
@@ -229,7 +249,9 @@ class DQN(L.LightningModule):
         return torch.optim.AdamW(self.policy_net.parameters(), lr=self.hparams.lr, amsgrad=True, fused=fused)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the episode history, so a resumed run continues its curves and its 100-episode mean."""
+        """Refuse to save non-finite weights; keep the episode history, so a resumed run continues
+        its curves and its 100-episode mean."""
+        self._check_loss_finite()
         checkpoint["episode_durations"] = list(self.episode_durations)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
