@@ -68,17 +68,27 @@ def test_resume_without_saved_buffer_refills_it(tmp_path: Path) -> None:
     assert buffer_size == 300 + 100 and env_steps >= 300 + 300 + 300 + 100
 
 
-def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+# Poisoned at step 250: a logging step (299) finds it, or else the final save at 400 does (the
+# validation at 300 saves nothing, its score is no better than the best).
+@pytest.mark.parametrize(
+    ("log_every", "found_at"), [(100, 299), (1000, 399)], ids=["found-on-a-logging-step", "found-by-the-save"]
+)
+def test_non_finite_loss_keeps_the_last_good_checkpoint(log_every: int, found_at: int, tmp_path: Path) -> None:
     class Poison(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
             if trainer.global_step == 250:
                 with torch.no_grad():
                     pl_module.policy_net.net[0].weight.fill_(float("nan"))
 
-    cli, _ = make_cli(tmp_path, "--trainer.max_steps=400", "--trainer.val_check_interval=100")
+    cli, _ = make_cli(
+        tmp_path,
+        "--trainer.max_steps=400",
+        "--trainer.val_check_interval=100",
+        f"--trainer.log_every_n_steps={log_every}",
+    )
     cli.trainer.callbacks.append(Poison())
     with pytest.raises(
-        NonFiniteLossError, match="the TD loss became NaN or infinite at a step between 200 and 299"
+        NonFiniteLossError, match=f"the TD loss became NaN or infinite at a step between 200 and {found_at}:"
     ) as error:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     last = tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt"
