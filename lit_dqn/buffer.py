@@ -8,13 +8,19 @@ from torch import Tensor
 
 
 class Transitions(NamedTuple):
-    """A batch of transitions; every field has the batch size as its first dimension."""
+    """A batch of transitions; every field has the batch size as its first dimension.
+
+    One-step (``n_step=1``): ``rewards`` is ``[B]`` and ``steps`` is ``None``. n-step: ``rewards`` is
+    ``[B, n]``, the rewards of up to ``n`` consecutive steps of one episode (zero after the row's
+    ``steps``), and ``next_obs``/``terminated`` belong to the last of those steps.
+    """
 
     obs: Tensor  # [B, *obs_shape] float32
     actions: Tensor  # [B] int64
-    rewards: Tensor  # [B] float32
+    rewards: Tensor  # [B] or [B, n] float32
     next_obs: Tensor  # [B, *obs_shape] float32
     terminated: Tensor  # [B] bool
+    steps: Tensor | None = None  # [B] int64 in 1..n: rewards summed before bootstrapping
 
 
 class ReplayBuffer:
@@ -24,6 +30,12 @@ class ReplayBuffer:
     no Python containers of tensors. When full, each push overwrites the oldest transitions.
     Sampling is uniform with replacement, drawn from the buffer's own ``torch.Generator`` so that a
     seed makes it reproducible independently of any other randomness.
+
+    With ``n_step > 1`` each transition also stores where the same env's next transition of the same
+    episode went (``next_index``, -1 if none yet), and sampling follows those links for up to
+    ``n_step - 1`` steps: the n-step return is computed at sample time from one-step storage, so
+    the stored data never depends on ``n_step`` or ``gamma``. Links only point to newer slots, which
+    the ring overwrites after the slot linking to them, so a link never leads to another episode.
     """
 
     def __init__(
@@ -32,16 +44,24 @@ class ReplayBuffer:
         obs_shape: Sequence[int],
         device: torch.device | str = "cpu",
         seed: int | None = None,
+        n_step: int = 1,
+        num_envs: int = 1,
     ) -> None:
         if capacity <= 0:
             raise ValueError(f"ReplayBuffer capacity must be > 0, got {capacity}")
+        if n_step > 1 and capacity < 2 * num_envs:
+            raise ValueError(f"an n-step buffer needs capacity >= 2 * num_envs = {2 * num_envs}, got {capacity}")
         self.capacity = capacity
+        self.n_step = n_step
         self.device = torch.device(device)
         self.obs = torch.zeros((capacity, *obs_shape), dtype=torch.float32, device=self.device)
         self.next_obs = torch.zeros_like(self.obs)
         self.actions = torch.zeros(capacity, dtype=torch.long, device=self.device)
         self.rewards = torch.zeros(capacity, dtype=torch.float32, device=self.device)
         self.terminated = torch.zeros(capacity, dtype=torch.bool, device=self.device)
+        if n_step > 1:
+            self.next_index = torch.full((capacity,), -1, dtype=torch.long, device=self.device)
+            self.tail = torch.full((num_envs,), -1, dtype=torch.long, device=self.device)  # per env: last slot
         self.pos = 0  # next slot to write
         self.size = 0
         self.generator = torch.Generator(device=self.device)
@@ -56,8 +76,22 @@ class ReplayBuffer:
         """Bytes held by the storage tensors: capacity × transition size, whatever is filled."""
         return sum(t.numel() * t.element_size() for t in self._storage().values())
 
-    def push(self, obs: Any, actions: Any, rewards: Any, next_obs: Any, terminated: Any) -> None:
-        """Append a batch of ``N`` transitions (tensors or arrays with leading dimension ``N``)."""
+    def push(
+        self,
+        obs: Any,
+        actions: Any,
+        rewards: Any,
+        next_obs: Any,
+        terminated: Any,
+        env_ids: Any = None,
+        continues: Any = None,
+    ) -> None:
+        """Append a batch of ``N`` transitions (tensors or arrays with leading dimension ``N``).
+
+        For an n-step buffer, ``env_ids`` ``[N]`` says which sub-env each transition came from and
+        ``continues`` ``[N]`` whether its episode goes on (neither terminated nor truncated), so the
+        next push from that env links to it. They default to envs ``0..N-1`` and "goes on".
+        """
         actions = torch.as_tensor(actions, device=self.device)
         n = actions.shape[0]
         if n > self.capacity:
@@ -71,29 +105,70 @@ class ReplayBuffer:
         self.rewards[idx] = torch.as_tensor(rewards, dtype=torch.float32, device=self.device)
         self.next_obs[idx] = torch.as_tensor(next_obs, dtype=torch.float32, device=self.device)
         self.terminated[idx] = torch.as_tensor(terminated, dtype=torch.bool, device=self.device)
+        if self.n_step > 1:
+            self._link(torch.arange(self.pos, self.pos + n, device=self.device) % self.capacity, env_ids, continues)
         self.pos = (self.pos + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
 
+    def _link(self, slots: Tensor, env_ids: Any, continues: Any) -> None:
+        """Point each env's previous transition at its new one, unless that episode had ended."""
+        n = slots.shape[0]
+        if n > self.tail.shape[0]:
+            raise ValueError(f"an n-step push takes one transition per env ({self.tail.shape[0]} envs), got {n}")
+        env_ids = torch.arange(n) if env_ids is None else env_ids
+        env_ids = torch.as_tensor(env_ids, dtype=torch.long, device=self.device)
+        continues = torch.ones(n, dtype=torch.bool) if continues is None else continues
+        continues = torch.as_tensor(continues, dtype=torch.bool, device=self.device)
+        self.next_index[slots] = -1
+        previous = self.tail[env_ids]  # [N] the env's last slot, -1 if its episode ended there
+        linked = previous >= 0
+        self.next_index[previous[linked]] = slots[linked]
+        self.tail[env_ids] = torch.where(continues, slots, -1)
+
+    def end_episodes(self) -> None:
+        """Forget every env's open episode (a resumed run starts fresh ones): nothing links to it."""
+        if self.n_step > 1:
+            self.tail.fill_(-1)
+
     def sample(self, batch_size: int) -> Transitions:
-        """Draw ``batch_size`` transitions uniformly, with replacement."""
+        """Draw ``batch_size`` transitions uniformly, with replacement (n-step windows if ``n_step > 1``)."""
         if batch_size > self.size:
             raise ValueError(f"cannot sample {batch_size} transitions from a buffer holding {self.size}")
         idx = torch.randint(self.size, (batch_size,), device=self.device, generator=self.generator)
-        return Transitions(
-            self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.terminated[idx]
-        )
+        if self.n_step == 1:
+            return Transitions(
+                self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.terminated[idx]
+            )
+        rewards = self.rewards.new_zeros(batch_size, self.n_step)  # [B, n]
+        rewards[:, 0] = self.rewards[idx]
+        last = idx  # [B] slot of each window's latest step
+        going = torch.ones(batch_size, dtype=torch.bool, device=self.device)
+        steps = torch.ones(batch_size, dtype=torch.long, device=self.device)
+        for k in range(1, self.n_step):
+            following = self.next_index[last]
+            going &= following >= 0
+            last = torch.where(going, following, last)
+            rewards[:, k] = torch.where(going, self.rewards[last], 0.0)
+            steps += going
+        return Transitions(self.obs[idx], self.actions[idx], rewards, self.next_obs[last], self.terminated[last], steps)
 
     def _storage(self) -> dict[str, Tensor]:
-        return {
+        storage = {
             "obs": self.obs,
             "actions": self.actions,
             "rewards": self.rewards,
             "next_obs": self.next_obs,
             "terminated": self.terminated,
         }
+        if self.n_step > 1:
+            storage["next_index"] = self.next_index
+        return storage
 
     def state_dict(self) -> dict[str, Any]:
-        """Filled contents, write position and sampling RNG state, for exact resume."""
+        """Filled contents, write position and sampling RNG state, for exact resume.
+
+        The per-env open episodes (``tail``) are not saved: a resumed run starts new episodes.
+        """
         return {
             "capacity": self.capacity,
             "pos": self.pos,
@@ -103,11 +178,18 @@ class ReplayBuffer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a saved buffer. One saved with another ``n_step`` loads too: links are dropped,
+        or missing ones read as "no next step", so old transitions sample as one-step windows."""
         if state["capacity"] != self.capacity:
             raise ValueError(
-                f"replay buffer capacity mismatch: checkpoint has {state['capacity']}, config has {self.capacity}"
+                f"replay buffer holds {state['capacity']} transitions; "
+                f"data.buffer_capacity={self.capacity} must match it to resume"
             )
-        for key, value in state["storage"].items():
-            self._storage()[key][: state["size"]] = value.to(self.device)
+        for key, tensor in self._storage().items():
+            if key in state["storage"]:
+                tensor[: state["size"]] = state["storage"][key].to(self.device)
+            else:
+                tensor.fill_(-1)  # next_index of a buffer saved without links
+        self.end_episodes()
         self.pos, self.size = state["pos"], state["size"]
         self.generator.set_state(state["generator"])

@@ -116,6 +116,9 @@ class GymDataModule(L.LightningDataModule):
         warmup_steps: transitions collected before the first batch (at least ``batch_size``).
         updates_per_step: the replay ratio, in updates per vector env step: 1 is the tutorial's
             one update per step; 0.25 updates once every 4 steps; 2 updates twice per step.
+        n_step: rewards summed per TD target before bootstrapping (n-step returns, computed when
+            a batch is sampled); 1 is the tutorial's one-step target. Larger values carry rewards
+            back faster at the cost of some bias from the older, more exploratory actions.
         seed: seeds env resets, exploration and buffer sampling; ``None`` takes the run's
             ``seed_everything`` seed (``torch.initial_seed()``).
         eval_episodes: greedy episodes per validation or test run.
@@ -136,6 +139,7 @@ class GymDataModule(L.LightningDataModule):
         buffer_capacity: int = 10_000,
         warmup_steps: int = 128,
         updates_per_step: float = 1.0,
+        n_step: int = 1,
         seed: int | None = None,
         eval_episodes: int = 100,
         val_seed: int = 1_000_000,
@@ -151,6 +155,9 @@ class GymDataModule(L.LightningDataModule):
         check_at_least("data.warmup_steps", warmup_steps, "data.batch_size", batch_size)
         check_at_most("data.warmup_steps", warmup_steps, "data.buffer_capacity", buffer_capacity)
         check_positive("data.updates_per_step", updates_per_step)
+        check_interval("data.n_step", n_step, 1, math.inf)
+        if n_step > 1:
+            check_at_least("data.buffer_capacity", buffer_capacity, "2 * data.num_envs", 2 * num_envs)
         check_interval("data.eval_episodes", eval_episodes, 1, math.inf)
         self.save_hyperparameters()
         self.observation_space, self.action_space = env_spaces(env_id)
@@ -182,6 +189,8 @@ class GymDataModule(L.LightningDataModule):
             self.observation_space.shape,
             device=device,
             seed=int(buffer_seed.generate_state(1)[0]),
+            n_step=hp.n_step,
+            num_envs=hp.num_envs,
         )
         envs = gym.make_vec(hp.env_id, num_envs=hp.num_envs, vectorization_mode=hp.vectorization_mode)
         self.runner = EnvRunner(envs, self.buffer, seed=int(runner_seed.generate_state(1)[0]))
@@ -245,7 +254,10 @@ class GymDataModule(L.LightningDataModule):
     def _restore(self, dataset: ReplayDataset, state: dict[str, Any]) -> None:
         self.runner.load_state_dict(state["runner"])
         if "buffer" in state:
-            self.buffer.load_state_dict(state["buffer"])
+            try:
+                self.buffer.load_state_dict(state["buffer"])
+            except ValueError as error:
+                raise ConfigError(f"the checkpoint's {error}") from None
             dataset.batches = state["batches"]
         else:  # no saved buffer: refill it, warm-up included, before the next update
             dataset.warmup_steps += self.runner.env_steps

@@ -11,15 +11,20 @@ def td_targets(
     terminated: Tensor,
     gamma: float,
     next_q_online: Tensor | None = None,
+    steps: Tensor | None = None,
 ) -> Tensor:
-    """One-step TD targets ``r + γ · (1 − terminated) · Q′(s′, a*)``, without gradient.
+    """TD targets ``Σ_k γ^k r_k + γ^m · (1 − terminated) · Q′(s′, a*)``, without gradient.
+
+    One-step (``steps`` is ``None``): ``rewards`` ``[B]`` and ``m = 1``, the tutorial's
+    ``r + γ · Q′(s′, a*)``. n-step: ``rewards`` ``[B, n]`` holds up to ``n`` rewards of one episode,
+    zero after each row's ``steps`` ``[B]`` (= ``m``), and ``s′`` is the state after the last of them.
 
     Only *termination* zeroes the bootstrap: a time-limit truncation is not the end of the task, so
     its next state is still bootstrapped (the replay buffer stores ``terminated``, never ``truncated``).
     ``a*`` is the target network's argmax (DQN) or, when ``next_q_online`` is given, the online
     network's argmax evaluated by the target network (Double DQN).
 
-    Shapes: ``rewards`` and ``terminated`` ``[B]``; ``next_q_*`` ``[B, n_actions]``; returns ``[B]``.
+    Shapes: ``terminated`` ``[B]``; ``next_q_*`` ``[B, n_actions]``; returns ``[B]``.
     """
     with torch.no_grad():
         if next_q_online is None:
@@ -27,7 +32,11 @@ def td_targets(
         else:
             best = next_q_online.argmax(dim=1, keepdim=True)  # [B, 1]
             next_values = next_q_target.gather(1, best).squeeze(1)
-        return rewards + gamma * next_values * (~terminated.bool()).to(next_values.dtype)
+        bootstrap = next_values * (~terminated.bool()).to(next_values.dtype)
+        if steps is None:
+            return rewards + gamma * bootstrap
+        powers = gamma ** torch.arange(rewards.shape[1], device=rewards.device, dtype=rewards.dtype)  # [n]
+        return rewards @ powers + gamma**steps * bootstrap
 
 
 def td_loss(q_values: Tensor, actions: Tensor, targets: Tensor) -> Tensor:

@@ -154,12 +154,12 @@ class DQN(L.LightningModule):
 
     def training_step(self, batch: ReplayBatch, batch_idx: int) -> Tensor:
         """One DQN update on a replay batch: TD targets from the target network, Huber loss, AdamW step."""
-        obs, actions, rewards, next_obs, terminated = batch.transitions
+        obs, actions, rewards, next_obs, terminated, steps = batch.transitions
         q_values = self.policy_net(obs)  # [B, n_actions]
         with torch.no_grad():
             next_q_target = self.target_net(next_obs)  # [B, n_actions]
             next_q_online = self.policy_net(next_obs) if self.hparams.double_dqn else None
-        targets = td_targets(rewards, next_q_target, terminated, self.hparams.gamma, next_q_online)
+        targets = td_targets(rewards, next_q_target, terminated, self.hparams.gamma, next_q_online, steps)
         loss = td_loss(q_values, actions, targets)
         self._loss_finite.logical_and_(torch.isfinite(loss))  # read on logging steps and before saves
 

@@ -49,11 +49,20 @@ class EnvRunner:
             actions, self.epsilon = policy(self.obs, self.env_steps, self.rng)
         next_obs, rewards, terminated, truncated, _ = self.envs.step(actions)
         real = ~self.autoreset
-        self.buffer.push(self.obs[real], actions[real], rewards[real], next_obs[real], terminated[real])
+        ended = terminated | truncated
+        self.buffer.push(
+            self.obs[real],
+            actions[real],
+            rewards[real],
+            next_obs[real],
+            terminated[real],
+            env_ids=np.flatnonzero(real),
+            continues=~ended[real],
+        )
         self.env_steps += int(real.sum())
         self.episode_return += np.where(real, rewards, 0.0)
         self.episode_length += real
-        done = real & (terminated | truncated)
+        done = real & ended
         finished = [(float(self.episode_return[i]), int(self.episode_length[i])) for i in np.flatnonzero(done)]
         self.episode_return[done] = 0.0
         self.episode_length[done] = 0

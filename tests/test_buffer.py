@@ -41,7 +41,8 @@ def test_sample_shapes_dtypes_device_and_consistency() -> None:
     assert batch.actions.shape == batch.rewards.shape == batch.terminated.shape == (32,)
     assert batch.obs.dtype == torch.float32 and batch.rewards.dtype == torch.float32
     assert batch.actions.dtype == torch.int64 and batch.terminated.dtype == torch.bool
-    assert all(t.device.type == "cpu" for t in batch)
+    assert batch.steps is None  # one-step
+    assert all(t.device.type == "cpu" for t in batch if t is not None)
     # every field of a sampled row comes from the same transition, and only filled slots are drawn
     assert torch.equal(batch.obs[:, 0], batch.rewards)
     assert torch.equal(batch.actions.float(), batch.rewards)
@@ -84,3 +85,73 @@ def test_state_dict_round_trip_continues_identically() -> None:
     copy.load_state_dict(source.state_dict())
     assert (copy.pos, len(copy)) == (source.pos, len(source))
     assert torch.equal(copy.sample(8).obs, source.sample(8).obs)
+
+
+def n_step_reference(episodes_by_env: dict[int, list[list[int]]], start: int, n: int) -> list[int]:
+    """Ids of the window starting at transition ``start``: it and the next n-1 of its episode pushed so far."""
+    for episodes in episodes_by_env.values():
+        for episode in episodes:
+            if start in episode:
+                at = episode.index(start)
+                return episode[at : at + n]
+    raise AssertionError(start)
+
+
+@pytest.mark.parametrize("capacity", [64, 23], ids=["no-wrap", "wrapped"])
+def test_n_step_windows_follow_one_env_within_an_episode(capacity: int) -> None:
+    """Two envs push interleaved; every sampled window must be the next steps of the same env's
+    episode, end at a termination or truncation, and stop at the newest step pushed so far."""
+    n, next_id = 3, 0
+    buffer = ReplayBuffer(capacity, (1,), seed=0, n_step=n, num_envs=2)
+    rng = torch.Generator().manual_seed(1)
+    episodes_by_env: dict[int, list[list[int]]] = {0: [[]], 1: [[]]}
+    terminated_ids = set()
+    for _ in range(40):
+        env_ids = [e for e in (0, 1) if torch.rand(1, generator=rng).item() < 0.8]  # an env may skip a step
+        if not env_ids:
+            continue
+        ids = list(range(next_id, next_id + len(env_ids)))
+        next_id += len(env_ids)
+        ended = (torch.rand(len(env_ids), generator=rng) < 0.25).tolist()
+        terminated = [e and torch.rand(1, generator=rng).item() < 0.5 for e in ended]  # else truncated
+        for env, i, end, term in zip(env_ids, ids, ended, terminated, strict=True):
+            episodes_by_env[env][-1].append(i)
+            if end:
+                episodes_by_env[env].append([])
+            if term:
+                terminated_ids.add(i)
+        t = torch.tensor(ids, dtype=torch.float32)
+        buffer.push(t[:, None], torch.zeros(len(ids)), t, t[:, None] + 0.5, torch.tensor(terminated),
+                    env_ids=env_ids, continues=[not e for e in ended])  # fmt: skip
+    held = set(buffer.obs[: len(buffer), 0].long().tolist())
+    batches = [buffer.sample(len(buffer)) for _ in range(20)]
+    batch = type(batches[0])(*(torch.cat(field) for field in zip(*batches, strict=True)))
+    for obs, rewards, next_obs, terminated, steps in zip(
+        batch.obs[:, 0], batch.rewards, batch.next_obs[:, 0], batch.terminated, batch.steps, strict=True
+    ):
+        window = n_step_reference(episodes_by_env, int(obs), n)
+        assert set(window) <= held
+        assert steps.item() == len(window)
+        assert rewards.tolist() == [float(i) for i in window] + [0.0] * (n - len(window))
+        assert next_obs.item() == window[-1] + 0.5 and terminated.item() == (window[-1] in terminated_ids)
+
+
+def test_n_step_state_dict_round_trip_and_one_step_checkpoints_load() -> None:
+    source = ReplayBuffer(16, (3,), seed=3, n_step=3)
+    for i in range(20):  # one env, one step at a time, the episode going on
+        push_range(source, i, 1)
+    copy = ReplayBuffer(16, (3,), seed=99, n_step=3)
+    push_range(copy, 100, 1)  # an episode open in the buffer before the restore
+    copy.load_state_dict(source.state_dict())
+    assert torch.equal(copy.next_index, source.next_index)
+    a, b = copy.sample(8), source.sample(8)
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    # a resumed run starts a new episode: no episode open before the restore links to it
+    new_slot = copy.pos
+    push_range(copy, 20, 1)
+    assert not (copy.next_index == new_slot).any()
+    # a buffer saved one-step loads into an n-step one: its transitions sample as one-step windows
+    one_step = ReplayBuffer(16, (3,), seed=3)
+    push_range(one_step, 0, 16)
+    copy.load_state_dict(one_step.state_dict())
+    assert (copy.sample(8).steps == 1).all()

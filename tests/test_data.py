@@ -70,6 +70,26 @@ def test_stored_transitions_chain_and_skip_autoreset_steps() -> None:
     assert not buffer.terminated[:n][np.setdiff1d(np.arange(n), episode_ends)].any()
 
 
+def test_n_step_links_chain_real_transitions_of_one_sub_env() -> None:
+    """With 3 sub-envs (a short time limit, so truncations happen too), every n-step link goes from
+    a transition to the next one of the same sub-env and episode, and an episode's last step has none."""
+    envs = gym.make_vec("CartPole-v1", num_envs=3, vectorization_mode="sync", max_episode_steps=15)
+    runner = EnvRunner(envs, ReplayBuffer(10_000, (4,), seed=0, n_step=3, num_envs=3), seed=0)
+    ended = 0
+    for _ in range(200):
+        ended += len(runner.step(random_policy))
+    buffer = runner.buffer
+    n = len(buffer)
+    following = buffer.next_index[:n]
+    linked = following >= 0
+    assert torch.equal(buffer.next_obs[:n][linked], buffer.obs[following[linked]])
+    assert not buffer.terminated[:n][linked].any()
+    # every transition links on but an episode's last one and each sub-env's newest one
+    assert int((~linked).sum()) == ended + runner.num_envs - int(runner.autoreset.sum())
+    batch = buffer.sample(256)
+    assert batch.steps.max() == 3 and batch.steps.min() >= 1 and batch.rewards.shape == (256, 3)
+
+
 def test_runner_is_reproducible_from_its_seed() -> None:
     a, b = make_runner(), make_runner()
     for _ in range(200):

@@ -28,6 +28,7 @@ BAD_INPUTS = [
     (["--model.hidden_sizes=[128, 0]"], ["model.hidden_sizes=[128, 0]", "positive integer"]),
     (["--model.hidden_sizes=[-4]"], ["model.hidden_sizes=[-4]", "positive integer"]),
     (["--model.max_episodes=0"], ["model.max_episodes=0", ">= 1"]),
+    (["--data.n_step=0"], ["data.n_step=0", ">= 1"]),
     (["--data.env_id=CartPol-v1"], ["data.env_id='CartPol-v1'", "did you mean 'CartPole-v1'"]),
     (["--data.env_id=Pendulum-v1"], ["data.env_id='Pendulum-v1'", "Box action space", "DQN needs Discrete actions"]),
     (["--data.env_id=CliffWalking-v1"], ["data.env_id='CliffWalking-v1'", "Discrete(48)", "flat Box observation"]),

@@ -56,3 +56,21 @@ def test_td_targets_carry_no_gradient() -> None:
     next_q = torch.tensor([[1.0, 2.0]], requires_grad=True)
     targets = td_targets(torch.tensor([1.0]), next_q, torch.tensor([False]), 0.5)
     assert not targets.requires_grad
+
+
+def test_n_step_targets_by_hand() -> None:
+    rewards = torch.tensor([[1.0, 1.0, 1.0], [1.0, 2.0, 0.0], [3.0, 0.0, 0.0]])  # zero after `steps`
+    steps = torch.tensor([3, 2, 1])
+    next_q = torch.tensor([[2.0, 4.0], [10.0, 0.0], [1.0, 0.0]])
+    terminated = torch.tensor([False, True, False])
+    targets = td_targets(rewards, next_q, terminated, 0.5, steps=steps)
+    # 1 + .5 + .25 + .5^3 * 4 ; terminated after 2 steps: 1 + .5 * 2 ; one step: 3 + .5 * 1
+    assert torch.allclose(targets, torch.tensor([2.25, 2.0, 3.5]))
+
+
+def test_one_step_window_equals_the_one_step_target() -> None:
+    rewards, next_q = torch.tensor([1.0, -2.0]), torch.tensor([[0.5, 3.0], [2.0, 1.0]])
+    terminated = torch.tensor([False, True])
+    one_step = td_targets(rewards, next_q, terminated, 0.9)
+    window = td_targets(rewards[:, None], next_q, terminated, 0.9, steps=torch.ones(2, dtype=torch.long))
+    assert torch.allclose(one_step, window)
