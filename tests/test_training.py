@@ -33,14 +33,15 @@ def test_same_seed_gives_identical_losses_and_weights(tmp_path) -> None:
 
 def test_learns_cartpole_well_above_random(tmp_path) -> None:
     """Learning regression: a random policy lasts ~22 steps. Within 5k updates the default config's
-    greedy policy lasts far longer on unseen start states (seed 0, measured: validation 500 at 6.5k
-    updates; the last 20 training episodes, with ε-greedy exploration, average ~60 steps at 5k)."""
+    greedy policy lasts far longer on unseen start states (seed 0, measured: best validation 317 by
+    5k updates and 500 at 6k; the last 20 training episodes, with ε-greedy exploration, average ~214
+    steps at 5k)."""
     cli, losses = fit_default_config(tmp_path, "--seed_everything=0", "--trainer.max_steps=5000")
     best_val = cli.trainer.checkpoint_callback.best_model_score.item()
     durations = cli.model.episode_durations
     recent = sum(durations[-20:]) / 20
     assert best_val >= 200, f"best greedy validation return {best_val:.1f}"
-    assert recent >= 45, f"last 20 training episodes lasted {recent:.1f} steps on average"
+    assert recent >= 100, f"last 20 training episodes lasted {recent:.1f} steps on average"
     assert all(torch.isfinite(torch.tensor(losses)))
 
 
