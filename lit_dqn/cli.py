@@ -5,6 +5,7 @@ from pathlib import Path
 
 from jsonargparse import ArgumentError
 from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -42,6 +43,10 @@ class DQNCLI(LightningCLI):
             self._checkpoint = (ckpt_path, read_checkpoint(ckpt_path))  # checked for fit once the model exists
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
+        config = (self.config_init[self.subcommand] if self.subcommand else self.config_init)["trainer"]
+        if config.get("enable_progress_bar") is False and isinstance(config.get("callbacks"), list):
+            # The configs list a progress bar; turning the bar off means leaving it out, not an error.
+            config["callbacks"] = [cb for cb in config["callbacks"] if not isinstance(cb, ProgressBar)]
         try:
             trainer = super().instantiate_trainer(**kwargs)
         except (ValueError, MisconfigurationException) as error:  # e.g. an accelerator this machine lacks

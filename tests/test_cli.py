@@ -113,6 +113,16 @@ def test_max_episodes_stops_training(tmp_path) -> None:
     assert ckpt["global_step"] < 600
 
 
+def test_progress_bar_can_be_turned_off(tmp_path) -> None:
+    """The configs list EpisodeProgressBar; --trainer.enable_progress_bar false drops it rather than
+    failing on the conflict (Lightning refuses a progress bar callback with the bar disabled)."""
+    args = [*SHORT_FIT, "--trainer.max_steps=200", "--trainer.enable_progress_bar=false"]
+    result = run_cli("fit", "--config", str(CONFIG), *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Epoch 0" not in result.stdout + result.stderr and "episodes=" not in result.stdout + result.stderr
+    assert (tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt").is_file()
+
+
 def test_dotted_overrides_pick_another_env(tmp_path) -> None:
     args = [*SHORT_FIT, "--data.env_id=Acrobot-v1", "--trainer.max_steps=300", "--model.hidden_sizes=[32]"]
     result = run_cli("fit", "--config", str(CONFIG), *args, "--model.lr=3e-4", cwd=tmp_path)
