@@ -1,0 +1,38 @@
+"""The benchmark scripts stay runnable: a tiny run of each prints its table."""
+
+import subprocess
+import sys
+
+from .conftest import ROOT
+
+
+def run_script(*args: str) -> str:
+    result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_benchmark_prints_throughput_with_floors_and_a_solve_table() -> None:
+    out = run_script(
+        "benchmarks/benchmark.py", "--steps", "30", "--warmup", "10", "--rounds", "1", "--seeds", "0",
+        "--", "--trainer.max_steps=300", "--trainer.val_check_interval=150", "--data.warmup_steps=256",
+        "--data.eval_episodes=5",
+    )  # fmt: skip
+    for row in ("lit_dqn", "tutorial (reference)", "floor: update alone", "floor: Lightning loop"):
+        assert row in out, out
+    assert "ratio lit_dqn / tutorial" in out and "2x the tutorial needs" in out
+    assert "solved" in out and "peak RSS" in out
+
+
+def test_profile_step_accounts_for_the_step() -> None:
+    out = run_script("benchmarks/profile_step.py", "--steps", "50", "--warmup", "10")
+    assert "us/step" in out and "training_step total" in out and "Lightning loop" in out
+
+
+def test_soak_samples_memory_and_files() -> None:
+    out = run_script("benchmarks/soak.py", "--env-steps", "2000", "--every", "1000")
+    rows = [line.split() for line in out.splitlines() if line.split() and line.split()[0].isdigit()]
+    env_steps = [int(row[0]) for row in rows]
+    assert len(rows) >= 2 and env_steps == sorted(env_steps) and env_steps[-1] >= 2000, out
+    assert len({row[3] for row in rows}) == 1  # open file descriptors do not grow
+    assert "peak RSS" in out and "buffer storage" in out
