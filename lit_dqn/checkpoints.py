@@ -2,7 +2,7 @@
 
 import os
 import pickle
-import tempfile
+import uuid
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -24,15 +24,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        # A fresh name opened exclusively ("x"), rather than tempfile.mkstemp: mkstemp makes the file
+        # private (0600), while a checkpoint should get the umask's permissions like any saved file.
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         try:
-            with os.fdopen(fd, "wb") as file:
+            with open(tmp, "xb") as file:
                 torch.save(checkpoint, file)
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(tmp, path)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
 
 

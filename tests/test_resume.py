@@ -102,6 +102,10 @@ def test_atomic_save_keeps_the_previous_checkpoint_when_writing_fails(tmp_path: 
     io = AtomicCheckpointIO()
     path = tmp_path / "last.ckpt"
     io.save_checkpoint({"step": 1, "weights": torch.ones(3)}, path)
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"")
+    assert path.stat().st_mode == plain.stat().st_mode  # the umask's permissions, not a temp file's 0600
+    plain.unlink()
 
     def dies_half_way(obj, file) -> None:
         file.write(b"PK\x03\x04 half a checkpoint")
