@@ -42,6 +42,18 @@ class DQNCLI(LightningCLI):
         if ckpt_path is not None and ckpt_path not in {"last", *_LIGHTNING_CKPT_NAMES}:
             self._checkpoint = (ckpt_path, read_checkpoint(ckpt_path))  # checked for fit once the model exists
 
+    def _parse_ckpt_path(self) -> None:
+        """Keep the config's model hyperparameters when resuming a fit.
+
+        For ``fit --ckpt_path FILE`` Lightning would replace ``model.*`` with the checkpoint's
+        values, silently dropping any given on the command line, and it does not for
+        ``--ckpt_path last``; here both resume with the config's values (the shapes are checked
+        against the checkpoint before training). ``validate`` and ``test`` still rebuild the model
+        as it was trained.
+        """
+        if self.config.get("subcommand") != "fit":
+            super()._parse_ckpt_path()
+
     def instantiate_trainer(self, **kwargs) -> Trainer:
         config = (self.config_init[self.subcommand] if self.subcommand else self.config_init)["trainer"]
         if config.get("enable_progress_bar") is False and isinstance(config.get("callbacks"), list):

@@ -212,12 +212,19 @@ class DQN(L.LightningModule):
         return every > 0 and (batch_idx + 1) % every == 0
 
     def on_train_start(self) -> None:
-        """Pair the target and online parameters once, on their device: ``parameters()`` walks the
-        module tree, which would cost more than the soft update itself on every step. Start
-        watching the loss from the step training starts (or resumes) at."""
+        """Set up what training steps use, once the model is on its device and a checkpoint (if
+        any) is restored.
+
+        The target and online parameters are paired once: ``parameters()`` walks the module tree,
+        which would cost more than the soft update itself on every step. The loss is watched from
+        the step training starts (or resumes) at. The learning rate is set from ``model.lr``: a
+        restored optimizer state carries the one it was saved with, which would silently win.
+        """
         self._soft_update_pairs = (list(self.target_net.parameters()), list(self.policy_net.parameters()))
         self._loss_finite = torch.ones((), dtype=torch.bool, device=self.device)
         self._updates_checked = self.global_step
+        for group in self.optimizers(use_pl_optimizer=False).param_groups:
+            group["lr"] = self.hparams.lr
 
     def on_train_batch_end(self, outputs: Tensor, batch: ReplayBatch, batch_idx: int) -> None:
         """Soft target update after each optimizer step."""
