@@ -9,9 +9,10 @@ Throughput: ``configs/cartpole_tutorial.yaml`` (1 env step + 1 update of batch 1
 against ``tutorial_loop.py``, each in a fresh process, alternating for ``--rounds`` rounds; the
 timer starts after ``--warmup`` steps (startup, compilation of kernels and the first validation
 excluded) and runs for ``--steps`` steps. The ratio of medians is the figure to compare: absolute
-rates drift with the machine's load. Two floors from ``floors.py`` are measured in the same rounds:
-lit_dqn's update with no env and no framework, and Lightning's loop around an empty step; together
-they bound how fast any Lightning DQN step can be on the machine.
+rates drift with the machine's load. Three floors from ``floors.py`` are measured in the same
+rounds: lit_dqn's update with no env and no framework, collecting transitions with no update, and
+Lightning's loop around an empty step; together they bound how fast a Lightning DQN step can be on
+the machine.
 
 Solve: each seed trains the default config in its own process (``fit``, which stops early once the
 greedy validation mean reaches the config's threshold) and then tests the best checkpoint on the
@@ -169,11 +170,17 @@ def floors_throughput(job: tuple[int, int, str, list[str]]) -> dict[str, float]:
     warmup, steps, device, _ = job
     _quiet()
     sys.path.insert(0, str(Path(__file__).parent))
-    from floors import lightning_alone, update_alone
+    from floors import collection_alone, lightning_alone, update_alone
 
     update = update_alone(steps, warmup, device)["updates_per_s"]
+    collect = collection_alone(steps, warmup, device)["env_steps_per_s"]
     loop = lightning_alone(steps, warmup, device)["steps_per_s"]
-    return {"update_us": 1e6 / update, "loop_us": 1e6 / loop, "peak_rss_mib": _peak_rss_mib()}
+    return {
+        "update_us": 1e6 / update,
+        "collect_us": 1e6 / collect,
+        "loop_us": 1e6 / loop,
+        "peak_rss_mib": _peak_rss_mib(),
+    }
 
 
 def throughput_table(args: argparse.Namespace) -> None:
@@ -197,25 +204,27 @@ def throughput_table(args: argparse.Namespace) -> None:
         us[name] = 1e6 / steps
         print(f"{name:<34} {steps:>12.0f} {updates:>10.0f} {us[name]:>8.0f} {rss:>13.0f}")
     update_us = statistics.median(r["update_us"] for r in floors)
+    collect_us = statistics.median(r["collect_us"] for r in floors)
     loop_us = statistics.median(r["loop_us"] for r in floors)
     rss = max(r["peak_rss_mib"] for r in floors)
     print(f"{'floor: update alone (no env)':<34} {'-':>12} {1e6 / update_us:>10.0f} {update_us:>8.0f} {rss:>13.0f}")
+    print(f"{'floor: env + acting + push alone':<34} {1e6 / collect_us:>12.0f} {'-':>10} {collect_us:>8.0f} {'':>13}")
     print(f"{'floor: Lightning loop, empty step':<34} {'-':>12} {'-':>10} {loop_us:>8.0f} {'':>13}")
     ratio = us["tutorial (reference)"] / us["lit_dqn"]
     pairs = zip(lit, tut, strict=True)
     per_round = ", ".join(f"{a['env_steps_per_s']:.0f}/{b['env_steps_per_s']:.0f}" for a, b in pairs)
     print(f"ratio lit_dqn / tutorial: {ratio:.2f}x (env steps/s per round, lit_dqn/tutorial: {per_round})")
-    target_us = us["tutorial (reference)"] / 2
-    overhead_us = us["lit_dqn"] - update_us
+    floor_us = update_us + collect_us + loop_us
     print(
-        f"2x the tutorial needs <= {target_us:.0f} us/step; the update alone takes {update_us:.0f} us and "
-        f"Lightning's loop {loop_us:.0f} us, so with no env at all the ceiling is "
-        f"{us['tutorial (reference)'] / (update_us + loop_us):.2f}x"
+        f"2x the tutorial needs <= {us['tutorial (reference)'] / 2:.0f} us/step; the three floors add up to "
+        f"{floor_us:.0f} us (update {update_us:.0f} + env, acting and push {collect_us:.0f} + Lightning's loop "
+        f"{loop_us:.0f}), so a Lightning DQN step here tops out at {us['tutorial (reference)'] / floor_us:.2f}x"
     )
     print(
-        f"lit_dqn's overhead beyond the update: {overhead_us:.0f} us/step (budget 200), of which Lightning's "
-        f"empty loop is {loop_us:.0f}; the rest is the env, acting, buffer, logging and Lightning's "
-        "backward/optimizer hooks (see benchmarks/profile_step.py)"
+        f"lit_dqn's overhead beyond the update: {us['lit_dqn'] - update_us:.0f} us/step (budget 200): env, acting "
+        f"and push {collect_us:.0f}, Lightning's empty loop {loop_us:.0f}, and {us['lit_dqn'] - floor_us:.0f} more "
+        "(Lightning's backward/clip/step wrappers, episode logging, and the update running slower between "
+        "the other work than in a tight loop; see benchmarks/profile_step.py)"
     )
     print()
 

@@ -1,16 +1,18 @@
-"""The two costs a Lightning DQN step cannot go below, measured on this machine.
+"""The costs a Lightning DQN step cannot go below, measured on this machine.
 
     python benchmarks/floors.py --steps 3000
 
 - **Update alone**: lit_dqn's own pieces with no env, no acting and no framework: sample a batch of
   128 from a filled ``ReplayBuffer``, Q-values and TD targets, Huber loss, backward, gradient
   clipping by value, fused AdamW (amsgrad) step and the soft target update.
+- **Collection alone**: stepping the env with ε-greedy actions from the Q-network and pushing
+  each transition into the buffer, with no updates and no framework.
 - **Lightning loop alone**: a ``Trainer`` with the tutorial config's callbacks (checkpointing,
   progress bar) and logger, running a manual-optimization ``training_step`` that does nothing on a
   stream of constant batches: fetching, hooks, progress tracking and the progress bar.
 
-``benchmark.py`` prints both next to lit_dqn and the tutorial's loop, so the gap between lit_dqn and
-the sum of its floors (the overhead that is ours to cut) is read off one run.
+``benchmark.py`` prints them next to lit_dqn and the tutorial's loop, so the gap between lit_dqn and
+the sum of its floors is read off one run.
 """
 
 import argparse
@@ -70,6 +72,30 @@ def update_alone(steps: int, warmup: int = 500, device: str = "cpu") -> dict[str
         update()
     _sync(device)
     return {"updates_per_s": steps / (time.perf_counter() - start)}
+
+
+def collection_alone(steps: int, warmup: int = 500, device: str = "cpu") -> dict[str, float]:
+    """Env steps per second of lit_dqn's collection with no updates: a CartPole vector env stepped
+    by ``DQN.act`` (the tutorial config's ε schedule, so the greedy forward runs as often as in
+    training) and every transition pushed into the buffer."""
+    import gymnasium as gym
+
+    from lit_dqn.module import DQN
+    from lit_dqn.rollout import EnvRunner
+
+    device = torch.device(device)
+    model = DQN(OBS_DIM, N_ACTIONS, eps_start=0.9, eps_end=0.05, eps_decay=1000).to(device)
+    envs = gym.make_vec("CartPole-v1", num_envs=1, vectorization_mode="sync")
+    runner = EnvRunner(envs, ReplayBuffer(10_000, (OBS_DIM,), device=device, seed=0), seed=0)
+    while runner.env_steps < warmup:
+        runner.step(model.act)
+    _sync(device)
+    start, first = time.perf_counter(), runner.env_steps
+    while runner.env_steps < warmup + steps:
+        runner.step(model.act)
+    _sync(device)
+    envs.close()
+    return {"env_steps_per_s": (runner.env_steps - first) / (time.perf_counter() - start)}
 
 
 class ConstantBatches(IterableDataset):
@@ -146,6 +172,8 @@ if __name__ == "__main__":
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     update = update_alone(args.steps, args.warmup, args.device)["updates_per_s"]
+    collect = collection_alone(args.steps, args.warmup, args.device)["env_steps_per_s"]
     loop = lightning_alone(args.steps, args.warmup, args.device)["steps_per_s"]
     print(f"update alone: {1e6 / update:.0f} us/update ({update:.0f} updates/s)")
+    print(f"collection alone: {1e6 / collect:.0f} us/env step ({collect:.0f} env steps/s)")
     print(f"Lightning loop alone: {1e6 / loop:.0f} us/step ({loop:.0f} steps/s)")

@@ -18,9 +18,10 @@ def test_benchmark_prints_throughput_with_floors_and_a_solve_table() -> None:
         "--", "--trainer.max_steps=300", "--trainer.val_check_interval=150", "--data.warmup_steps=256",
         "--data.eval_episodes=5",
     )  # fmt: skip
-    for row in ("lit_dqn", "tutorial (reference)", "floor: update alone", "floor: Lightning loop"):
+    floors = ("floor: update alone", "floor: env + acting + push alone", "floor: Lightning loop")
+    for row in ("lit_dqn", "tutorial (reference)", *floors):
         assert row in out, out
-    assert "ratio lit_dqn / tutorial" in out and "2x the tutorial needs" in out
+    assert "ratio lit_dqn / tutorial" in out and "2x the tutorial needs" in out and "tops out at" in out
     assert "solved" in out and "peak RSS" in out
 
 
