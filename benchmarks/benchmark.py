@@ -20,7 +20,8 @@ test seeds, which validation never used; the seed solved if that test mean reach
 Time to solve counts from the start of ``fit`` to the end of the validation that produced that
 checkpoint; the process's startup and imports are not included.
 
-Extra arguments after ``--`` go to the CLI of every lit_dqn run, e.g. ``-- --model.lr 1e-3``.
+Extra arguments after ``--`` go to the CLI of every lit_dqn run, e.g. ``-- --model.lr 1e-3``; the
+tutorial's loop and the floors ignore them.
 """
 
 import argparse

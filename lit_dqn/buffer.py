@@ -3,6 +3,7 @@
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -61,7 +62,7 @@ class ReplayBuffer:
         self.terminated = torch.zeros(capacity, dtype=torch.bool, device=self.device)
         if n_step > 1:
             self.next_index = torch.full((capacity,), -1, dtype=torch.long, device=self.device)
-            self.tail = torch.full((num_envs,), -1, dtype=torch.long, device=self.device)  # per env: last slot
+            self.tail = np.full(num_envs, -1, dtype=np.int64)  # per env: slot of its open episode's last step
         self.pos = 0  # next slot to write
         self.size = 0
         self.generator = torch.Generator(device=self.device)
@@ -96,6 +97,8 @@ class ReplayBuffer:
         n = actions.shape[0]
         if n > self.capacity:
             raise ValueError(f"cannot push {n} transitions into a buffer of capacity {self.capacity}")
+        if self.n_step > 1 and n > len(self.tail):
+            raise ValueError(f"an n-step push takes one transition per env ({len(self.tail)} envs), got {n}")
         if self.pos + n <= self.capacity:
             idx: slice | Tensor = slice(self.pos, self.pos + n)
         else:
@@ -106,29 +109,31 @@ class ReplayBuffer:
         self.next_obs[idx] = torch.as_tensor(next_obs, dtype=torch.float32, device=self.device)
         self.terminated[idx] = torch.as_tensor(terminated, dtype=torch.bool, device=self.device)
         if self.n_step > 1:
-            self._link(torch.arange(self.pos, self.pos + n, device=self.device) % self.capacity, env_ids, continues)
+            self.next_index[idx] = -1
+            self._link(np.arange(self.pos, self.pos + n) % self.capacity, env_ids, continues)
         self.pos = (self.pos + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
 
-    def _link(self, slots: Tensor, env_ids: Any, continues: Any) -> None:
-        """Point each env's previous transition at its new one, unless that episode had ended."""
-        n = slots.shape[0]
-        if n > self.tail.shape[0]:
-            raise ValueError(f"an n-step push takes one transition per env ({self.tail.shape[0]} envs), got {n}")
-        env_ids = torch.arange(n) if env_ids is None else env_ids
-        env_ids = torch.as_tensor(env_ids, dtype=torch.long, device=self.device)
-        continues = torch.ones(n, dtype=torch.bool) if continues is None else continues
-        continues = torch.as_tensor(continues, dtype=torch.bool, device=self.device)
-        self.next_index[slots] = -1
+    def _link(self, slots: np.ndarray, env_ids: Any, continues: Any) -> None:
+        """Point each env's previous transition at its new one, unless that episode had ended.
+
+        The bookkeeping (``tail``) lives on the host, so on a GPU the links cost one small copy and
+        no sync (indexing a device tensor with a mask would sync to count the mask).
+        """
+        env_ids = np.arange(len(slots)) if env_ids is None else np.asarray(env_ids)
+        continues = np.ones(len(slots), dtype=bool) if continues is None else np.asarray(continues, dtype=bool)
         previous = self.tail[env_ids]  # [N] the env's last slot, -1 if its episode ended there
         linked = previous >= 0
-        self.next_index[previous[linked]] = slots[linked]
-        self.tail[env_ids] = torch.where(continues, slots, -1)
+        if linked.any():
+            self.next_index[torch.as_tensor(previous[linked], device=self.device)] = torch.as_tensor(
+                slots[linked], device=self.device
+            )
+        self.tail[env_ids] = np.where(continues, slots, -1)
 
     def end_episodes(self) -> None:
         """Forget every env's open episode (a resumed run starts fresh ones): nothing links to it."""
         if self.n_step > 1:
-            self.tail.fill_(-1)
+            self.tail.fill(-1)
 
     def sample(self, batch_size: int) -> Transitions:
         """Draw ``batch_size`` transitions uniformly, with replacement (n-step windows if ``n_step > 1``)."""
@@ -186,10 +191,10 @@ class ReplayBuffer:
                 f"data.buffer_capacity={self.capacity} must match it to resume"
             )
         for key, tensor in self._storage().items():
-            if key in state["storage"]:
-                tensor[: state["size"]] = state["storage"][key].to(self.device)
+            if key == "next_index" and key not in state["storage"]:
+                tensor.fill_(-1)  # a buffer saved one-step: no links
             else:
-                tensor.fill_(-1)  # next_index of a buffer saved without links
+                tensor[: state["size"]] = state["storage"][key].to(self.device)
         self.end_episodes()
         self.pos, self.size = state["pos"], state["size"]
         self.generator.set_state(state["generator"])

@@ -83,6 +83,7 @@ class DQN(L.LightningModule):
         self.duration_mean = RunningMean(window=100)
         self.episode_durations: list[int] = []
         self._mean_logged_at = 0  # episodes ended when the 100-episode mean was last logged
+        self._soft_update_pairs: tuple[list[Tensor], list[Tensor]] = ([], [])  # (target, online), see on_train_start
         self._loss_finite: Tensor | None = None  # every TD loss since the last check was finite
         self._updates_checked = 0  # updates whose loss is known to be finite
         self.progress: dict[str, float] = {}  # shown by lit_dqn.callbacks.EpisodeProgressBar
@@ -202,12 +203,16 @@ class DQN(L.LightningModule):
         )
 
     def _last_checkpoint(self) -> str | None:
+        """The newest checkpoint on disk; a path Lightning chose for a save that was refused is not."""
         callback = self.trainer.checkpoint_callback
-        return (callback.last_model_path or callback.best_model_path or None) if callback is not None else None
+        if callback is None:
+            return None
+        return next((p for p in (callback.last_model_path, callback.best_model_path) if p and Path(p).is_file()), None)
 
     def _is_logging_step(self, batch_idx: int) -> bool:
-        """Log step values only on the batches Lightning writes logs for (every
-        ``trainer.log_every_n_steps``-th): ``self.log`` and the running mean cost more than a step."""
+        """Log step values only every ``trainer.log_every_n_steps``-th batch, when Lightning writes
+        logs (the replay stream is one endless epoch, so ``batch_idx`` counts every batch):
+        ``self.log`` and the running mean cost more than a step."""
         every = self.trainer.log_every_n_steps
         return every > 0 and (batch_idx + 1) % every == 0
 
@@ -234,6 +239,10 @@ class DQN(L.LightningModule):
         """Log the 100-episode mean of the final episodes, so the curve ends where training did, and
         report a loss that went non-finite after the last check."""
         self._log_duration_mean()
+        self._check_loss_finite()
+
+    def on_validation_start(self) -> None:
+        """Stop before scoring ruined weights: with logging off, validation is the regular check."""
         self._check_loss_finite()
 
     def validation_step(self, returns: Tensor, batch_idx: int) -> None:

@@ -1,5 +1,6 @@
 """The benchmark scripts stay runnable: a tiny run of each prints its table."""
 
+import re
 import subprocess
 import sys
 
@@ -23,6 +24,12 @@ def test_benchmark_prints_throughput_with_floors_and_a_solve_table() -> None:
         assert row in out, out
     assert "ratio lit_dqn / tutorial" in out and "2x the tutorial needs" in out and "tops out at" in out
     assert "solved" in out and "peak RSS" in out
+    # the accounting line adds up the floors printed in the table
+    floor_rows = [line[34:].split() for line in out.splitlines() if line.startswith("floor:")]
+    floor_us = [float(row[2]) for row in floor_rows]  # columns: env steps/s, updates/s, us/step
+    assert len(floor_us) == 3
+    total = re.search(r"the three floors add up to (\d+) us", out)
+    assert total is not None and abs(float(total.group(1)) - sum(floor_us)) <= 2, out
 
 
 def test_profile_step_accounts_for_the_step() -> None:

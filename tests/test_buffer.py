@@ -155,3 +155,13 @@ def test_n_step_state_dict_round_trip_and_one_step_checkpoints_load() -> None:
     push_range(one_step, 0, 16)
     copy.load_state_dict(one_step.state_dict())
     assert (copy.sample(8).steps == 1).all()
+
+
+def test_n_step_push_of_more_rows_than_envs_fails_before_writing() -> None:
+    buffer = ReplayBuffer(4, (3,), n_step=2, num_envs=2)
+    push_range(buffer, 0, 2)
+    push_range(buffer, 2, 2)
+    before = buffer.obs.clone()
+    with pytest.raises(ValueError, match="one transition per env"):
+        push_range(buffer, 9, 3)
+    assert torch.equal(buffer.obs, before) and buffer.pos == 0 and len(buffer) == 4

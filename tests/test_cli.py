@@ -109,6 +109,8 @@ def test_max_episodes_stops_training(tmp_path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     events = read_events(tmp_path / "lightning_logs" / "version_0")
     assert [e.step for e in events.Scalars("train/episode_duration")] == [1, 2, 3, 4, 5]
+    # training stopped between logging steps: the 100-episode mean is still logged at the last episode
+    assert events.Scalars("train/episode_duration_mean100")[-1].step == 5
     ckpt = torch.load(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=False)
     assert ckpt["global_step"] < 600
 

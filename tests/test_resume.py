@@ -68,12 +68,16 @@ def test_resume_without_saved_buffer_refills_it(tmp_path: Path) -> None:
     assert buffer_size == 300 + 100 and env_steps >= 300 + 300 + 300 + 100
 
 
-# Poisoned at step 250: a logging step (299) finds it, or else the final save at 400 does (the
-# validation at 300 saves nothing, its score is no better than the best).
+# Poisoned at step 250: a logging step (299) finds it, or else the validation at 300 does, or else
+# (no validation after the poison) the final save does.
 @pytest.mark.parametrize(
-    ("log_every", "found_at"), [(100, 299), (1000, 399)], ids=["found-on-a-logging-step", "found-by-the-save"]
+    ("log_every", "max_steps", "found_at"),
+    [(100, 400, 299), (1000, 400, 299), (1000, 290, 289)],
+    ids=["found-on-a-logging-step", "found-before-validation", "found-by-the-final-save"],
 )
-def test_non_finite_loss_keeps_the_last_good_checkpoint(log_every: int, found_at: int, tmp_path: Path) -> None:
+def test_non_finite_loss_keeps_the_last_good_checkpoint(
+    log_every: int, max_steps: int, found_at: int, tmp_path: Path
+) -> None:
     class Poison(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
             if trainer.global_step == 250:
@@ -82,7 +86,7 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint(log_every: int, found_at
 
     cli, _ = make_cli(
         tmp_path,
-        "--trainer.max_steps=400",
+        f"--trainer.max_steps={max_steps}",
         "--trainer.val_check_interval=100",
         f"--trainer.log_every_n_steps={log_every}",
     )
@@ -163,6 +167,7 @@ def test_kill_9_never_leaves_a_broken_latest_checkpoint(tmp_path: Path) -> None:
     result = run_cli(*resume, f"--trainer.max_steps={step + 40}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Resuming from lightning_logs/version_0/checkpoints/last.ckpt" in result.stderr
+    assert "differ from the checkpoint's" not in result.stderr  # same config, nothing to report
     resumed = tmp_path / "lightning_logs/version_1/checkpoints/last.ckpt"
     # it went on from the saved step (to step + 40, or earlier if early stopping saw the task solved)
     assert step < torch.load(resumed, weights_only=False)["global_step"] <= step + 40
@@ -179,6 +184,8 @@ def test_resume_takes_model_values_from_the_command_line(tmp_path: Path) -> None
         args = [f"--ckpt_path={ckpt_path}", f"--model.lr={lr}", f"--model.gamma={gamma}", "--trainer.max_steps=400"]
         result = run_cli(*fit, *args, cwd=tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
+        notice = [line for line in result.stderr.splitlines() if "differ from the checkpoint's" in line]
+        assert len(notice) == 1 and f"model.lr={float(lr)!r}" in notice[0] and "hidden_sizes" not in notice[0]
         saved = torch.load(tmp_path / f"lightning_logs/version_{version}/checkpoints/last.ckpt", weights_only=False)
         assert saved["global_step"] == 400
         assert (saved["hyper_parameters"]["lr"], saved["hyper_parameters"]["gamma"]) == (float(lr), float(gamma))
