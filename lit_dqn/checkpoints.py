@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import sys
 import uuid
 import zipfile
 from pathlib import Path
@@ -77,6 +78,29 @@ def check_checkpoint_fits(checkpoint: dict[str, Any], model: torch.nn.Module, pa
             f"ckpt_path={str(path)!r} does not fit this model: it was trained with {trained}, the config gives "
             f"obs_dim={model.hparams.obs_dim}, n_actions={model.hparams.n_actions}, "
             f"hidden_sizes={model.hparams.hidden_sizes} ({detail})"
+        )
+
+
+def report_changed_hyperparameters(checkpoint: dict[str, Any], model: torch.nn.Module, path: str | Path) -> None:
+    """Say which model values a resumed fit takes from the config rather than the checkpoint, so a
+    resume without the run's ``--config`` does not silently fall back to the class defaults."""
+    saved = checkpoint.get("hyper_parameters", {})
+    config = dict(model.hparams)
+
+    def same(a: object, b: object) -> bool:  # a config gives tuples where a checkpoint has lists
+        sequences = (list, tuple)
+        return list(a) == list(b) if isinstance(a, sequences) and isinstance(b, sequences) else a == b
+
+    changed = [
+        f"model.{key}={config[key]!r} (checkpoint: {saved[key]!r})"
+        for key in config
+        if key in saved and not same(saved[key], config[key])
+    ]
+    if changed:
+        run_config = Path(path).parent.parent / "config.yaml"
+        hint = f"; pass --config {run_config} to resume with the run's own settings" if run_config.is_file() else ""
+        print(
+            f"Resuming with model values that differ from the checkpoint's: {', '.join(changed)}{hint}", file=sys.stderr
         )
 
 

@@ -11,7 +11,13 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lit_dqn.callbacks import GracefulStop
-from lit_dqn.checkpoints import AtomicCheckpointIO, check_checkpoint_fits, latest_last_checkpoint, read_checkpoint
+from lit_dqn.checkpoints import (
+    AtomicCheckpointIO,
+    check_checkpoint_fits,
+    latest_last_checkpoint,
+    read_checkpoint,
+    report_changed_hyperparameters,
+)
 from lit_dqn.checks import ConfigError
 from lit_dqn.data import GymDataModule
 from lit_dqn.module import DQN, NonFiniteLossError
@@ -101,29 +107,7 @@ class DQNCLI(LightningCLI):
         self._checkpoint = (None, None)  # no need to hold it while training
         check_checkpoint_fits(checkpoint, self.model, ckpt_path)
         if subcommand == "fit":
-            _report_changed_hyperparameters(checkpoint, dict(self.model.hparams), ckpt_path)
-
-
-def _report_changed_hyperparameters(checkpoint: dict, config: dict, ckpt_path: str) -> None:
-    """Say which model values a resumed fit takes from the config rather than the checkpoint, so a
-    resume without the run's ``--config`` does not silently fall back to the class defaults."""
-    saved = checkpoint.get("hyper_parameters", {})
-
-    def same(a: object, b: object) -> bool:  # a config gives tuples where a checkpoint has lists
-        sequences = (list, tuple)
-        return list(a) == list(b) if isinstance(a, sequences) and isinstance(b, sequences) else a == b
-
-    changed = [
-        f"model.{key}={config[key]!r} (checkpoint: {saved[key]!r})"
-        for key in config
-        if key in saved and not same(saved[key], config[key])
-    ]
-    if changed:
-        run_config = Path(ckpt_path).parent.parent / "config.yaml"
-        hint = f"; pass --config {run_config} to resume with the run's own settings" if run_config.is_file() else ""
-        print(
-            f"Resuming with model values that differ from the checkpoint's: {', '.join(changed)}{hint}", file=sys.stderr
-        )
+            report_changed_hyperparameters(checkpoint, self.model, ckpt_path)
 
 
 def main(args: list[str] | None = None) -> int:

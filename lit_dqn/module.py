@@ -189,9 +189,9 @@ class DQN(L.LightningModule):
     def _check_loss_finite(self) -> None:
         """Stop if any TD loss since the last check was NaN or infinite.
 
-        The flag stays on the model's device and is read only on logging steps, before every
-        checkpoint and at the end of training: reading it is a host sync, which on a GPU would stall
-        every step. Ruined weights are never saved, because every save checks first.
+        The flag stays on the model's device and is read only on logging steps, before each
+        validation, before every checkpoint and at the end of training: reading it is a host sync,
+        which on a GPU would add one per step. Ruined weights are never saved: every save checks first.
         """
         if self._loss_finite is None or self._loss_finite.item():
             self._updates_checked = self.global_step

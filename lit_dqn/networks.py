@@ -1,6 +1,6 @@
 """The Q-network: an MLP from a flat observation to one Q-value per discrete action."""
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +28,7 @@ class QNetwork(nn.Module):
         return self.net(obs)
 
 
-def soft_update(target: Iterable[Tensor], source: Iterable[Tensor], tau: float) -> None:
+def soft_update(target: Sequence[Tensor], source: Sequence[Tensor], tau: float) -> None:
     """Polyak-average ``source`` parameters into ``target`` parameters: θ′ ← τθ + (1−τ)θ′.
 
     One fused ``_foreach_lerp_`` over all parameters instead of a Python loop over a state dict: it
@@ -37,4 +37,4 @@ def soft_update(target: Iterable[Tensor], source: Iterable[Tensor], tau: float) 
     more than the lerp itself; callers collect the lists once.
     """
     with torch.no_grad():
-        torch._foreach_lerp_(list(target), list(source), tau)
+        torch._foreach_lerp_(target, source, tau)

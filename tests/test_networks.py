@@ -16,16 +16,16 @@ def test_qnetwork_shapes_follow_arguments() -> None:
 def test_soft_update_tau_one_copies_and_zero_keeps() -> None:
     source, target = QNetwork(4, 2), QNetwork(4, 2)
     before = [p.clone() for p in target.parameters()]
-    soft_update(target.parameters(), source.parameters(), tau=0.0)
+    soft_update(list(target.parameters()), list(source.parameters()), tau=0.0)
     assert all(torch.equal(a, b) for a, b in zip(target.parameters(), before, strict=True))
-    soft_update(target.parameters(), source.parameters(), tau=1.0)
+    soft_update(list(target.parameters()), list(source.parameters()), tau=1.0)
     assert all(torch.equal(a, b) for a, b in zip(target.parameters(), source.parameters(), strict=True))
 
 
 def test_soft_update_is_polyak_average() -> None:
     source, target = QNetwork(4, 2), QNetwork(4, 2)
     expected = [0.1 * s + 0.9 * t for s, t in zip(source.parameters(), target.parameters(), strict=True)]
-    soft_update(target.parameters(), source.parameters(), tau=0.1)
+    soft_update(list(target.parameters()), list(source.parameters()), tau=0.1)
     assert all(torch.allclose(a, b) for a, b in zip(target.parameters(), expected, strict=True))
 
 
