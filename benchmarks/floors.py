@@ -53,7 +53,7 @@ def update_alone(steps: int, warmup: int = 500, device: str = "cpu") -> dict[str
     pairs = (list(target_net.parameters()), list(policy_net.parameters()))
 
     def update() -> None:
-        obs, actions, rewards, next_obs, terminated, _ = buffer.sample(BATCH_SIZE)  # one-step: no window
+        obs, actions, rewards, next_obs, terminated, *_ = buffer.sample(BATCH_SIZE)  # one-step: no window
         q_values = policy_net(obs)  # [B, n_actions]
         with torch.no_grad():
             targets = td_targets(rewards, target_net(next_obs), terminated, 0.99)

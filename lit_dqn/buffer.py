@@ -22,6 +22,8 @@ class Transitions(NamedTuple):
     next_obs: Tensor  # [B, *obs_shape] float32
     terminated: Tensor  # [B] bool
     steps: Tensor | None = None  # [B] int64 in 1..n: rewards summed before bootstrapping
+    indices: Tensor | None = None  # [B] int64 buffer slots, for prioritized replay's priority updates
+    weights: Tensor | None = None  # [B] float32 importance-sampling weights of prioritized replay
 
 
 class ReplayBuffer:
@@ -137,13 +139,21 @@ class ReplayBuffer:
 
     def sample(self, batch_size: int) -> Transitions:
         """Draw ``batch_size`` transitions uniformly, with replacement (n-step windows if ``n_step > 1``)."""
+        self._check_can_sample(batch_size)
+        idx = torch.randint(self.size, (batch_size,), device=self.device, generator=self.generator)
+        return self._gather(idx)
+
+    def _check_can_sample(self, batch_size: int) -> None:
         if batch_size > self.size:
             raise ValueError(f"cannot sample {batch_size} transitions from a buffer holding {self.size}")
-        idx = torch.randint(self.size, (batch_size,), device=self.device, generator=self.generator)
+
+    def _gather(self, idx: Tensor) -> Transitions:
+        """The transitions (or n-step windows) starting at slots ``idx`` ``[B]``."""
         if self.n_step == 1:
             return Transitions(
                 self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.terminated[idx]
             )
+        batch_size = idx.shape[0]
         rewards = self.rewards.new_zeros(batch_size, self.n_step)  # [B, n]
         rewards[:, 0] = self.rewards[idx]
         last = idx  # [B] slot of each window's latest step

@@ -1,10 +1,9 @@
 """The data side of DQN: a replay buffer filled by stepping a Gymnasium env, served as batches."""
 
-import difflib
 import math
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal, NamedTuple
 
 import gymnasium as gym
@@ -17,6 +16,8 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from lit_dqn.buffer import ReplayBuffer, Transitions
 from lit_dqn.checks import ConfigError, check_at_least, check_at_most, check_interval, check_positive
+from lit_dqn.envs import env_spaces
+from lit_dqn.prioritized import PrioritizedReplayBuffer
 from lit_dqn.rollout import EnvRunner, ExplorationPolicy, GreedyPolicy, evaluate
 
 # The replay stream restores its position through GymDataModule.state_dict, not the DataLoader's,
@@ -35,6 +36,8 @@ class ReplayBatch(NamedTuple):
     env_steps: int  # transitions collected so far
     epsilon: float  # ε of the latest action
     replay_size: int
+    # prioritized replay: where the learner sends the batch's new |TD errors| (slots [B], errors [B])
+    update_priorities: Callable[[Tensor, Tensor], None] | None = None
 
 
 class ReplayDataset(IterableDataset):
@@ -46,6 +49,9 @@ class ReplayDataset(IterableDataset):
     each batch, like the tutorial; below 1 the env takes several steps per update, above 1 one step
     feeds several updates. Counting transitions rather than calls keeps the ratio exact when a
     sub-env spends a call on its autoreset.
+
+    With a ``PrioritizedReplayBuffer``, batch ``k`` is sampled with importance-sampling exponent
+    ``beta(k)``.
     """
 
     def __init__(
@@ -56,6 +62,7 @@ class ReplayDataset(IterableDataset):
         warmup_steps: int,
         updates_per_step: float = 1.0,
         batches: int = 0,
+        beta: Callable[[int], float] | None = None,
     ) -> None:
         self.runner = runner
         self.policy = policy
@@ -63,6 +70,7 @@ class ReplayDataset(IterableDataset):
         self.warmup_steps = warmup_steps
         self.updates_per_step = updates_per_step
         self.batches = batches  # yielded so far; part of the state an exact resume restores
+        self.beta = beta
 
     def __len__(self) -> int:
         """Endless, but sized: Lightning prefetches one batch from a stream of unknown length (to
@@ -76,15 +84,21 @@ class ReplayDataset(IterableDataset):
             due = self.warmup_steps + math.ceil((self.batches + 1) * runner.num_envs / self.updates_per_step)
             while runner.env_steps < due:
                 finished += runner.step(self.policy)
+            if isinstance(buffer, PrioritizedReplayBuffer):
+                transitions = buffer.sample(self.batch_size, beta=self.beta(self.batches))
+                feedback = buffer.update_priorities
+            else:
+                transitions, feedback = buffer.sample(self.batch_size), None
             self.batches += 1
             yield ReplayBatch(
-                transitions=buffer.sample(self.batch_size),
+                transitions=transitions,
                 episode_returns=tuple(r for r, _ in finished),
                 episode_lengths=tuple(n for _, n in finished),
                 episodes=runner.episodes,
                 env_steps=runner.env_steps,
                 epsilon=runner.epsilon,
                 replay_size=len(buffer),
+                update_priorities=feedback,
             )
 
 
@@ -129,6 +143,14 @@ class GymDataModule(L.LightningDataModule):
             ``vector_entry_point`` (the env's own batched implementation where it has one).
         save_replay_buffer: store the buffer's contents in checkpoints so a resumed run continues
             exactly; turn off for huge buffers (a resumed run then refills it from scratch).
+        prioritized: sample transitions in proportion to their last TD error (prioritized experience
+            replay, Schaul et al. 2016) instead of uniformly.
+        priority_alpha: how strongly priorities skew sampling, P(i) ∝ p_i^α: 0 is uniform; 0.6 is
+            the paper's value for the proportional variant.
+        priority_beta: importance-sampling exponent at the first update, annealed linearly to 1 at
+            ``trainer.max_steps`` (the paper's 0.4), so late updates are unbiased.
+        priority_eps: added to each |TD error| so no stored transition gets probability 0 (1e-6,
+            as in Stable-Baselines3-contrib and Dopamine's small constants).
     """
 
     def __init__(
@@ -146,6 +168,10 @@ class GymDataModule(L.LightningDataModule):
         test_seed: int = 2_000_000,
         vectorization_mode: Literal["sync", "async", "vector_entry_point"] = "sync",
         save_replay_buffer: bool = True,
+        prioritized: bool = False,
+        priority_alpha: float = 0.6,
+        priority_beta: float = 0.4,
+        priority_eps: float = 1e-6,
     ) -> None:
         super().__init__()
         check_interval("data.num_envs", num_envs, 1, math.inf)
@@ -159,6 +185,9 @@ class GymDataModule(L.LightningDataModule):
         if n_step > 1:
             check_at_least("data.buffer_capacity", buffer_capacity, "2 * data.num_envs", 2 * num_envs)
         check_interval("data.eval_episodes", eval_episodes, 1, math.inf)
+        check_interval("data.priority_alpha", priority_alpha, 0, 1)
+        check_interval("data.priority_beta", priority_beta, 0, 1)
+        check_positive("data.priority_eps", priority_eps)
         self.save_hyperparameters()
         self.observation_space, self.action_space = env_spaces(env_id)
         self.buffer: ReplayBuffer | None = None
@@ -177,30 +206,56 @@ class GymDataModule(L.LightningDataModule):
         """Number of discrete actions: the Q-network's output size."""
         return int(self.action_space.n)
 
+    def env_steps_at(self, updates: int) -> int:
+        """Transitions collected by the time update ``updates`` is sampled (``ReplayDataset``'s schedule)."""
+        hp = self.hparams
+        return hp.warmup_steps + math.ceil(updates * hp.num_envs / hp.updates_per_step)
+
     def _seed(self) -> int:
         return self.hparams.seed if self.hparams.seed is not None else torch.initial_seed()
+
+    def _beta_schedule(self) -> Callable[[int], float] | None:
+        """β of prioritized replay for batch ``k``: linear from ``priority_beta`` to 1 at ``trainer.max_steps``."""
+        hp = self.hparams
+        if not hp.prioritized:
+            return None
+        total = self.trainer.max_steps
+        if total is None or total <= 0:
+            raise ConfigError(
+                f"data.prioritized=true anneals β to 1 at trainer.max_steps, so trainer.max_steps={total!r} "
+                "is not allowed: it must be > 0"
+            )
+        start = hp.priority_beta
+        return lambda k: min(1.0, start + (1.0 - start) * k / total)
 
     def _make_dataset(self) -> ReplayDataset:
         hp = self.hparams
         device = self.trainer.lightning_module.device if self.trainer is not None else torch.device("cpu")
         buffer_seed, runner_seed = np.random.SeedSequence(self._seed()).spawn(2)
-        self.buffer = ReplayBuffer(
-            hp.buffer_capacity,
-            self.observation_space.shape,
-            device=device,
-            seed=int(buffer_seed.generate_state(1)[0]),
-            n_step=hp.n_step,
-            num_envs=hp.num_envs,
-        )
+        kwargs = {"device": device, "seed": int(buffer_seed.generate_state(1)[0]), "n_step": hp.n_step}
+        if hp.prioritized:
+            self.buffer = PrioritizedReplayBuffer(
+                hp.buffer_capacity,
+                self.observation_space.shape,
+                num_envs=hp.num_envs,
+                alpha=hp.priority_alpha,
+                eps=hp.priority_eps,
+                **kwargs,
+            )
+        else:
+            self.buffer = ReplayBuffer(hp.buffer_capacity, self.observation_space.shape, num_envs=hp.num_envs, **kwargs)
         envs = gym.make_vec(hp.env_id, num_envs=hp.num_envs, vectorization_mode=hp.vectorization_mode)
         self.runner = EnvRunner(envs, self.buffer, seed=int(runner_seed.generate_state(1)[0]))
         saved = "saved in every checkpoint" if hp.save_replay_buffer else "not saved in checkpoints"
+        kind = "Prioritized replay buffer" if hp.prioritized else "Replay buffer"
         rank_zero_info(
-            f"Replay buffer: {hp.buffer_capacity} transitions, {self.buffer.nbytes / 2**20:.1f} MiB on {device}; "
+            f"{kind}: {hp.buffer_capacity} transitions, {self.buffer.nbytes / 2**20:.1f} MiB on {device}; "
             f"{saved} (data.save_replay_buffer)"
         )
         policy = self.trainer.lightning_module.act
-        dataset = ReplayDataset(self.runner, policy, hp.batch_size, hp.warmup_steps, hp.updates_per_step)
+        dataset = ReplayDataset(
+            self.runner, policy, hp.batch_size, hp.warmup_steps, hp.updates_per_step, beta=self._beta_schedule()
+        )
         if self._resume_state is not None:
             self._restore(dataset, self._resume_state)
             self._resume_state = None
@@ -270,26 +325,3 @@ class GymDataModule(L.LightningDataModule):
         if stage == "fit" and self.runner is not None:
             self.runner.envs.close()
             self.runner = self.buffer = self.dataset = None
-
-
-def env_spaces(env_id: str) -> tuple[gym.spaces.Box, gym.spaces.Discrete]:
-    """Read an env's spaces and check DQN can use them, failing early with a clear message."""
-    try:
-        env = gym.make(env_id)
-    except gym.error.Error as error:
-        close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.6)
-        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        raise ConfigError(f"data.env_id={env_id!r} cannot be made: {error}{hint}") from None
-    observation_space, action_space = env.observation_space, env.action_space
-    env.close()
-    if not isinstance(action_space, gym.spaces.Discrete):
-        raise ConfigError(
-            f"data.env_id={env_id!r} has a {type(action_space).__name__} action space; "
-            "DQN needs Discrete actions (e.g. CartPole-v1, Acrobot-v1, MountainCar-v0, LunarLander-v3)"
-        )
-    if not isinstance(observation_space, gym.spaces.Box) or len(observation_space.shape) != 1:
-        raise ConfigError(
-            f"data.env_id={env_id!r} has observation space {observation_space}; "
-            "the Q-network takes a flat Box observation of shape (obs_dim,)"
-        )
-    return observation_space, action_space

@@ -39,11 +39,21 @@ def td_targets(
         return rewards @ powers + gamma**steps * bootstrap
 
 
-def td_loss(q_values: Tensor, actions: Tensor, targets: Tensor) -> Tensor:
+def td_loss(q_values: Tensor, actions: Tensor, targets: Tensor, weights: Tensor | None = None) -> Tensor:
     """Huber (smooth L1) loss between ``Q(s, a)`` of the taken actions and the TD targets.
 
     Huber is quadratic for errors below 1 and linear above, so rare large TD errors do not dominate
-    the gradient (the tutorial's choice). Gradient flows only through ``Q(s, a)``.
+    the gradient (the tutorial's choice). Gradient flows only through ``Q(s, a)``. ``weights`` ``[B]``
+    are prioritized replay's importance-sampling weights: the loss is their weighted mean, which
+    undoes the bias of sampling high-error transitions more often (Schaul et al., 2016).
     """
     q_taken = q_values.gather(1, actions.long().unsqueeze(1)).squeeze(1)  # [B]
-    return F.smooth_l1_loss(q_taken, targets.detach())
+    if weights is None:
+        return F.smooth_l1_loss(q_taken, targets.detach())
+    return (weights * F.smooth_l1_loss(q_taken, targets.detach(), reduction="none")).mean()
+
+
+def td_errors(q_values: Tensor, actions: Tensor, targets: Tensor) -> Tensor:
+    """``|Q(s, a) − target|`` ``[B]`` without gradient: the new priorities of prioritized replay."""
+    with torch.no_grad():
+        return (q_values.gather(1, actions.long().unsqueeze(1)).squeeze(1) - targets).abs()

@@ -4,7 +4,7 @@ import copy
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -14,12 +14,12 @@ from torch import Tensor
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 from torchmetrics.aggregation import RunningMean
 
-from lit_dqn.checks import check_at_most, check_interval, check_positive, check_sizes
+from lit_dqn.checks import ConfigError, check_at_most, check_interval, check_positive, check_sizes
 from lit_dqn.data import ReplayBatch
-from lit_dqn.exploration import exponential_epsilon
-from lit_dqn.losses import td_loss, td_targets
-from lit_dqn.networks import QNetwork, soft_update
-from lit_dqn.plots import plot_durations
+from lit_dqn.exploration import exponential_epsilon, linear_epsilon
+from lit_dqn.losses import td_errors, td_loss, td_targets
+from lit_dqn.networks import DuelingQNetwork, QNetwork, soft_update
+from lit_dqn.plots import plot_episodes
 
 
 class NonFiniteLossError(RuntimeError):
@@ -27,7 +27,7 @@ class NonFiniteLossError(RuntimeError):
 
 
 class DQN(L.LightningModule):
-    """Deep Q-learning with a soft-updated target network (the PyTorch DQN tutorial's agent).
+    """Deep Q-learning with a target network (the PyTorch DQN tutorial's agent, plus the standard toolbox).
 
     Args:
         obs_dim: observation length; linked from ``data.obs_dim`` by the CLI.
@@ -35,14 +35,23 @@ class DQN(L.LightningModule):
         hidden_sizes: widths of the Q-network's hidden layers.
         lr: AdamW learning rate (amsgrad, as in the tutorial).
         gamma: discount factor.
-        tau: soft target update rate, θ′ ← τθ + (1−τ)θ′ after every optimizer step.
+        tau: target update rate, θ′ ← τθ + (1−τ)θ′ every ``target_update_interval`` updates: the
+            tutorial's soft update is 0.005 every update; 1.0 is a hard copy (the Nature paper).
+        target_update_interval: updates between target updates: 1 for soft updates; with ``tau=1``
+            the Nature paper's hard update every K updates (Stable-Baselines3 and CleanRL count K in
+            env steps; here it counts updates).
         grad_clip_value: clip each gradient element to ``[-value, value]`` before the optimizer
             step (the tutorial's ``clip_grad_value_``); ``None`` turns clipping off.
         eps_start: ε at the first env step.
-        eps_end: ε as the step count goes to infinity.
-        eps_decay: time constant of ε's exponential decay, in env steps.
+        eps_end: ε at the end of the schedule.
+        eps_schedule: ``exponential`` (the tutorial's: ε = end + (start − end)·exp(−env_steps / eps_decay))
+            or ``linear`` (Stable-Baselines3's and CleanRL's: from start to end over the first
+            ``eps_fraction`` of the env steps that ``trainer.max_steps`` updates take, then flat).
+        eps_decay: time constant of the exponential schedule, in env steps.
+        eps_fraction: share of training the linear schedule spans (SB3's ``exploration_fraction``).
         double_dqn: pick the next action with the online network and evaluate it with the target
             network (van Hasselt et al., 2016), which curbs Q-value over-estimation.
+        dueling: a dueling Q-network, Q = V + A − mean(A) (Wang et al., 2016), instead of a plain MLP.
         max_episodes: stop training after this many episodes (``None``: stop on the Trainer's limits).
     """
 
@@ -54,11 +63,15 @@ class DQN(L.LightningModule):
         lr: float = 1e-4,
         gamma: float = 0.99,
         tau: float = 0.005,
+        target_update_interval: int = 1,
         grad_clip_value: float | None = 100.0,
         eps_start: float = 0.9,
         eps_end: float = 0.05,
+        eps_schedule: Literal["exponential", "linear"] = "exponential",
         eps_decay: float = 1000.0,
+        eps_fraction: float = 0.1,
         double_dqn: bool = False,
+        dueling: bool = False,
         max_episodes: int | None = None,
     ) -> None:
         super().__init__()
@@ -66,22 +79,29 @@ class DQN(L.LightningModule):
         check_positive("model.lr", lr)
         check_interval("model.gamma", gamma, 0, 1, low_open=True)
         check_interval("model.tau", tau, 0, 1, low_open=True)
+        check_interval("model.target_update_interval", target_update_interval, 1, math.inf)
         if grad_clip_value is not None:
             check_positive("model.grad_clip_value", grad_clip_value)
         check_interval("model.eps_start", eps_start, 0, 1)
         check_interval("model.eps_end", eps_end, 0, 1)
         check_at_most("model.eps_end", eps_end, "model.eps_start", eps_start)
         check_positive("model.eps_decay", eps_decay)
+        check_interval("model.eps_fraction", eps_fraction, 0, 1, low_open=True)
         if max_episodes is not None:
             check_interval("model.max_episodes", max_episodes, 1, math.inf)
         self.save_hyperparameters()
         # The update is written out in training_step (zero_grad, backward, clip, step), which reads
         # top to bottom like the tutorial and skips the closure machinery of automatic optimization.
         self.automatic_optimization = False
-        self.policy_net = QNetwork(obs_dim, n_actions, hidden_sizes)
+        if dueling and not hidden_sizes:
+            raise ConfigError("model.dueling=true needs at least one layer in model.hidden_sizes to share")
+        self.policy_net = (DuelingQNetwork if dueling else QNetwork)(obs_dim, n_actions, hidden_sizes)
         self.target_net = copy.deepcopy(self.policy_net).requires_grad_(False)
         self.duration_mean = RunningMean(window=100)
+        self.return_mean = RunningMean(window=100)
         self.episode_durations: list[int] = []
+        self.episode_returns: list[float] = []
+        self._eps_span = math.inf  # env steps the linear ε schedule spans, from trainer.max_steps (setup)
         self._mean_logged_at = 0  # episodes ended when the 100-episode mean was last logged
         self._soft_update_pairs: tuple[list[Tensor], list[Tensor]] = ([], [])  # (target, online), see on_train_start
         self._loss_finite: Tensor | None = None  # every TD loss since the last check was finite
@@ -94,7 +114,21 @@ class DQN(L.LightningModule):
 
     def epsilon(self, env_step: int) -> float:
         hp = self.hparams
+        if hp.eps_schedule == "linear":
+            return linear_epsilon(env_step, hp.eps_start, hp.eps_end, self._eps_span)
         return exponential_epsilon(env_step, hp.eps_start, hp.eps_end, hp.eps_decay)
+
+    def setup(self, stage: str) -> None:
+        """Size the linear ε schedule: a share of the env steps the run's ``trainer.max_steps`` updates take."""
+        if stage != "fit" or self.hparams.eps_schedule != "linear":
+            return
+        max_steps = self.trainer.max_steps
+        if max_steps is None or max_steps <= 0:
+            raise ConfigError(
+                f"model.eps_schedule=linear spans a share of trainer.max_steps, so trainer.max_steps={max_steps!r} "
+                "is not allowed: it must be > 0"
+            )
+        self._eps_span = self.hparams.eps_fraction * self.trainer.datamodule.env_steps_at(max_steps)
 
     @torch.inference_mode()
     def greedy_actions(self, obs: np.ndarray) -> np.ndarray:
@@ -119,49 +153,57 @@ class DQN(L.LightningModule):
     def on_train_batch_start(self, batch: ReplayBatch, batch_idx: int) -> None:
         """Record the episodes that ended while this batch was collected."""
         if batch.episode_lengths:
-            self._record_episodes(batch.episode_lengths)
-            self.progress.update(episodes=batch.episodes, duration=batch.episode_lengths[-1])
+            self._record_episodes(batch.episode_returns, batch.episode_lengths)
+            self.progress["episodes"] = batch.episodes
+            self.progress["return"] = batch.episode_returns[-1]
+            self.progress["duration"] = batch.episode_lengths[-1]
         self.progress["eps"] = round(batch.epsilon, 3)
         if self._is_logging_step(batch_idx):
-            self._log_duration_mean()
+            self._log_episode_means()
         max_episodes = self.hparams.max_episodes
         if max_episodes is not None and batch.episodes >= max_episodes:
             self.trainer.should_stop = True
 
-    def _record_episodes(self, lengths: Sequence[int]) -> None:
-        """Log each episode's duration at its episode index (the tutorial's x axis)."""
+    def _record_episodes(self, returns: Sequence[float], lengths: Sequence[int]) -> None:
+        """Log each episode's return and duration at its episode index (the tutorial's x axis)."""
         first = len(self.episode_durations) + 1
-        for length in lengths:
+        for episode_return, length in zip(returns, lengths, strict=True):
+            self.episode_returns.append(episode_return)
             self.episode_durations.append(length)
+            self.return_mean.update(episode_return)
             self.duration_mean.update(float(length))
         for logger in self.loggers:
-            for episode, length in enumerate(lengths, start=first):
-                logger.log_metrics({"train/episode_duration": length}, step=episode)
+            for episode, (episode_return, length) in enumerate(zip(returns, lengths, strict=True), start=first):
+                logger.log_metrics({"train/episode_return": episode_return, "train/episode_duration": length}, episode)
 
-    def _log_duration_mean(self) -> None:
-        """Log the 100-episode mean at the newest episode, if episodes ended since it was last logged.
+    def _log_episode_means(self) -> None:
+        """Log the 100-episode means at the newest episode, if episodes ended since they were last logged.
 
-        Called on logging steps and at the end of training, not per episode: computing the
-        running mean costs ~1 ms, more than a training step.
+        Called on logging steps and at the end of training, not per episode: computing a running
+        mean costs ~1 ms, more than a training step.
         """
         last = len(self.episode_durations)
         if last == self._mean_logged_at:
             return
-        mean100 = float(self.duration_mean.compute())
+        means = {
+            "train/episode_return_mean100": float(self.return_mean.compute()),
+            "train/episode_duration_mean100": float(self.duration_mean.compute()),
+        }
         for logger in self.loggers:
-            logger.log_metrics({"train/episode_duration_mean100": mean100}, step=last)
-        self.progress["mean100"] = round(mean100, 1)
+            logger.log_metrics(means, step=last)
+        self.progress["return100"] = round(means["train/episode_return_mean100"], 1)
+        self.progress["duration100"] = round(means["train/episode_duration_mean100"], 1)
         self._mean_logged_at = last
 
     def training_step(self, batch: ReplayBatch, batch_idx: int) -> Tensor:
         """One DQN update on a replay batch: TD targets from the target network, Huber loss, AdamW step."""
-        obs, actions, rewards, next_obs, terminated, steps = batch.transitions
+        obs, actions, rewards, next_obs, terminated, steps, indices, weights = batch.transitions
         q_values = self.policy_net(obs)  # [B, n_actions]
         with torch.no_grad():
             next_q_target = self.target_net(next_obs)  # [B, n_actions]
             next_q_online = self.policy_net(next_obs) if self.hparams.double_dqn else None
         targets = td_targets(rewards, next_q_target, terminated, self.hparams.gamma, next_q_online, steps)
-        loss = td_loss(q_values, actions, targets)
+        loss = td_loss(q_values, actions, targets, weights)
         self._loss_finite.logical_and_(torch.isfinite(loss))  # read on logging steps and before saves
 
         optimizer = self.optimizers()
@@ -170,6 +212,8 @@ class DQN(L.LightningModule):
         if self.hparams.grad_clip_value is not None:
             self.clip_gradients(optimizer, self.hparams.grad_clip_value, gradient_clip_algorithm="value")
         optimizer.step()
+        if batch.update_priorities is not None:  # prioritized replay: the TD errors are the new priorities
+            batch.update_priorities(indices, td_errors(q_values, actions, targets))
 
         if self._is_logging_step(batch_idx):
             self._check_loss_finite()
@@ -232,13 +276,14 @@ class DQN(L.LightningModule):
             group["lr"] = self.hparams.lr
 
     def on_train_batch_end(self, outputs: Tensor, batch: ReplayBatch, batch_idx: int) -> None:
-        """Soft target update after each optimizer step."""
-        soft_update(*self._soft_update_pairs, self.hparams.tau)
+        """Target update θ′ ← τθ + (1−τ)θ′ after every ``target_update_interval``-th optimizer step."""
+        if self.global_step % self.hparams.target_update_interval == 0:
+            soft_update(*self._soft_update_pairs, self.hparams.tau)
 
     def on_train_end(self) -> None:
-        """Log the 100-episode mean of the final episodes, so the curve ends where training did, and
+        """Log the 100-episode means of the final episodes, so the curves end where training did, and
         report a loss that went non-finite after the last check."""
-        self._log_duration_mean()
+        self._log_episode_means()
         self._check_loss_finite()
 
     def on_validation_start(self) -> None:
@@ -269,19 +314,25 @@ class DQN(L.LightningModule):
         its curves and its 100-episode mean."""
         self._check_loss_finite()
         checkpoint["episode_durations"] = list(self.episode_durations)
+        checkpoint["episode_returns"] = list(self.episode_returns)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.episode_durations = list(checkpoint.get("episode_durations", []))
+        # Checkpoints from before returns were kept were CartPole's, where the return is the duration.
+        self.episode_returns = list(checkpoint.get("episode_returns", map(float, self.episode_durations)))
         self.duration_mean.reset()
-        for length in self.episode_durations[-100:]:
+        self.return_mean.reset()
+        for episode_return, length in zip(self.episode_returns[-100:], self.episode_durations[-100:], strict=True):
+            self.return_mean.update(episode_return)
             self.duration_mean.update(float(length))
         self._mean_logged_at = len(self.episode_durations)
 
     def on_fit_end(self) -> None:
-        """Write the tutorial's duration plot into the run directory and to TensorBoard."""
+        """Write the tutorial's duration plot, with the returns beside it, into the run directory and to TensorBoard."""
         if not self.episode_durations or self.logger is None or self.logger.log_dir is None:
             return
-        figure = plot_durations(self.episode_durations, Path(self.logger.log_dir) / "episode_durations.png")
+        path = Path(self.logger.log_dir) / "episode_durations.png"
+        figure = plot_episodes(self.episode_returns, self.episode_durations, path)
         if isinstance(self.logger, TensorBoardLogger):
             self.logger.experiment.add_figure("train/episode_durations", figure, self.global_step)
             self.logger.experiment.flush()

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from lit_dqn import ReplayBuffer
+from lit_dqn.prioritized import PrioritizedReplayBuffer
 
 
 def push_range(buffer: ReplayBuffer, start: int, n: int) -> None:
@@ -97,12 +98,13 @@ def n_step_reference(episodes_by_env: dict[int, list[list[int]]], start: int, n:
     raise AssertionError(start)
 
 
+@pytest.mark.parametrize("buffer_class", [ReplayBuffer, PrioritizedReplayBuffer], ids=["uniform", "prioritized"])
 @pytest.mark.parametrize("capacity", [64, 23], ids=["no-wrap", "wrapped"])
-def test_n_step_windows_follow_one_env_within_an_episode(capacity: int) -> None:
+def test_n_step_windows_follow_one_env_within_an_episode(capacity: int, buffer_class: type[ReplayBuffer]) -> None:
     """Two envs push interleaved; every sampled window must be the next steps of the same env's
     episode, end at a termination or truncation, and stop at the newest step pushed so far."""
     n, next_id = 3, 0
-    buffer = ReplayBuffer(capacity, (1,), seed=0, n_step=n, num_envs=2)
+    buffer = buffer_class(capacity, (1,), seed=0, n_step=n, num_envs=2)
     rng = torch.Generator().manual_seed(1)
     episodes_by_env: dict[int, list[list[int]]] = {0: [[]], 1: [[]]}
     terminated_ids = set()
@@ -123,9 +125,13 @@ def test_n_step_windows_follow_one_env_within_an_episode(capacity: int) -> None:
         t = torch.tensor(ids, dtype=torch.float32)
         buffer.push(t[:, None], torch.zeros(len(ids)), t, t[:, None] + 0.5, torch.tensor(terminated),
                     env_ids=env_ids, continues=[not e for e in ended])  # fmt: skip
+    if isinstance(buffer, PrioritizedReplayBuffer):  # skewed priorities: windows start anywhere, unevenly
+        buffer.update_priorities(torch.arange(len(buffer)), torch.rand(len(buffer), generator=rng) * 10)
     held = set(buffer.obs[: len(buffer), 0].long().tolist())
     batches = [buffer.sample(len(buffer)) for _ in range(20)]
-    batch = type(batches[0])(*(torch.cat(field) for field in zip(*batches, strict=True)))
+    batch = type(batches[0])(
+        *(torch.cat(field) if field[0] is not None else None for field in zip(*batches, strict=True))
+    )
     for obs, rewards, next_obs, terminated, steps in zip(
         batch.obs[:, 0], batch.rewards, batch.next_obs[:, 0], batch.terminated, batch.steps, strict=True
     ):
@@ -145,7 +151,7 @@ def test_n_step_state_dict_round_trip_and_one_step_checkpoints_load() -> None:
     copy.load_state_dict(source.state_dict())
     assert torch.equal(copy.next_index, source.next_index)
     a, b = copy.sample(8), source.sample(8)
-    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True) if x is not None)
     # a resumed run starts a new episode: no episode open before the restore links to it
     new_slot = copy.pos
     push_range(copy, 20, 1)

@@ -51,6 +51,8 @@ def test_fit_writes_tensorboard_scalars_plot_and_checkpoints(fit_run: FitRun) ->
     for tag in (
         "train/episode_duration",
         "train/episode_duration_mean100",
+        "train/episode_return",
+        "train/episode_return_mean100",
         "train/loss",
         "train/epsilon",
         "train/q_mean",
@@ -72,6 +74,11 @@ def test_fit_writes_tensorboard_scalars_plot_and_checkpoints(fit_run: FitRun) ->
     assert len(means) >= 5 and mean_steps == sorted(set(mean_steps)) and mean_steps[-1] == len(values)
     for event in means:
         assert event.value == pytest.approx(values[max(0, event.step - 100) : event.step].mean(), rel=1e-5)
+    # CartPole pays +1 per step: each return and its mean equal the duration and its mean
+    assert [e.value for e in events.Scalars("train/episode_return")] == values.tolist()
+    assert [(e.step, e.value) for e in events.Scalars("train/episode_return_mean100")] == [
+        (e.step, e.value) for e in means
+    ]
     # ε decays as env steps accumulate; loss is logged every log_every_n_steps updates
     eps = [e.value for e in events.Scalars("train/epsilon")]
     assert eps == sorted(eps, reverse=True) and eps[0] < 1.0
@@ -79,7 +86,7 @@ def test_fit_writes_tensorboard_scalars_plot_and_checkpoints(fit_run: FitRun) ->
 
 
 def test_progress_bar_shows_episode_stats(fit_run: FitRun) -> None:
-    for key in ("episodes=", "duration=", "mean100=", "eps="):
+    for key in ("episodes=", "return=", "duration=", "return100=", "duration100=", "eps="):
         assert key in fit_run.result.stdout + fit_run.result.stderr
 
 
@@ -132,3 +139,9 @@ def test_dotted_overrides_pick_another_env(tmp_path) -> None:
     model = DQN.load_from_checkpoint(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt", map_location="cpu")
     assert (model.hparams.obs_dim, model.hparams.n_actions, model.hparams.lr) == (6, 3, 3e-4)
     assert model(torch.zeros(2, 6)).shape == (2, 3)
+    # Acrobot pays -1 per step and 0 on the step that reaches the goal: returns are not durations
+    events = read_events(tmp_path / "lightning_logs" / "version_0")
+    returns = [e.value for e in events.Scalars("train/episode_return")]
+    durations = [e.value for e in events.Scalars("train/episode_duration")]
+    assert returns and all(r in (-d, -(d - 1)) for r, d in zip(returns, durations, strict=True))
+    assert all(r == -500 for r, d in zip(returns, durations, strict=True) if d == 500)  # truncated: -1 every step

@@ -34,6 +34,15 @@ BAD_INPUTS = [
     (["--data.env_id=CliffWalking-v1"], ["data.env_id='CliffWalking-v1'", "Discrete(48)", "flat Box observation"]),
     (["--trainer.accelerator=tpux"], ["trainer:", "accelerator", "cpu"]),
     (["--ckpt_path=missing.ckpt"], ["ckpt_path='missing.ckpt' does not exist"]),
+    (["--model.target_update_interval=0"], ["model.target_update_interval=0", ">= 1"]),
+    (["--model.eps_schedule=cosine"], ['"model.eps_schedule"', "exponential", "linear"]),
+    (["--model.eps_fraction=0"], ["model.eps_fraction=0", "(0, 1]"]),
+    (["--model.eps_schedule=linear", "--trainer.max_steps=-1"], ["model.eps_schedule=linear", "trainer.max_steps=-1"]),
+    (["--model.dueling=true", "--model.hidden_sizes=[]"], ["model.dueling=true", "model.hidden_sizes"]),
+    (["--data.prioritized=true", "--trainer.max_steps=-1"], ["data.prioritized=true", "trainer.max_steps=-1", "> 0"]),
+    (["--data.priority_alpha=1.5"], ["data.priority_alpha=1.5", "[0, 1]"]),
+    (["--data.priority_beta=-0.1"], ["data.priority_beta=-0.1", "[0, 1]"]),
+    (["--data.priority_eps=0"], ["data.priority_eps=0", "> 0"]),
 ]
 
 

@@ -26,29 +26,56 @@ def make_cli(root: Path, *overrides: str) -> tuple[DQNCLI, StepRecorder]:
     )
 
 
-def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path: Path) -> None:
-    """fit 2N == fit N, save, resume to 2N: the same losses, episodes and weights, bit for bit.
+class StopAt(L.Callback):
+    """Stop training after update ``step``, as Ctrl-C would (``last.ckpt`` holds the state there)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            trainer.should_stop = True
+
+
+# Every switch whose state outlives a step: priorities, β and ε schedules sized by max_steps, the
+# hard target copy's phase, the dueling heads.
+TOOLBOX = (
+    "--data.prioritized=true",
+    "--model.dueling=true",
+    "--model.tau=1.0",
+    "--model.target_update_interval=64",
+    "--model.eps_schedule=linear",
+)
+
+
+@pytest.mark.parametrize("switches", [(), TOOLBOX], ids=["default", "toolbox"])
+def test_resume_continues_exactly_like_an_uninterrupted_run(switches: tuple[str, ...], tmp_path: Path) -> None:
+    """fit 2N == fit to N, stop, resume to 2N: the same losses, episodes and weights, bit for bit.
 
     The one condition: the checkpoint is taken between episodes. The env's physical state is not
     saved, so a resumed run starts a fresh episode, drawn from the env's saved RNG exactly as its
     next autoreset would have been; mid-episode, the episode in progress is dropped instead.
     """
     total = 700
-    whole, whole_steps = make_cli(tmp_path / "whole", f"--trainer.max_steps={total}")
+    whole, whole_steps = make_cli(tmp_path / "whole", f"--trainer.max_steps={total}", *switches)
     whole.trainer.fit(whole.model, datamodule=whole.datamodule)
     # the first step after 300 whose batch saw an episode end: the checkpoint falls between episodes
     n = next(i + 1 for i in range(300, total) if whole_steps.episode_ended[i])
 
-    first, _ = make_cli(tmp_path / "first", f"--trainer.max_steps={n}", f"--trainer.val_check_interval={n}")
+    first, _ = make_cli(tmp_path / "first", f"--trainer.max_steps={total}", *switches)
+    first.trainer.callbacks.append(StopAt(n))
     first.trainer.fit(first.model, datamodule=first.datamodule)
     ckpt = tmp_path / "first/lightning_logs/version_0/checkpoints/last.ckpt"
     saved = torch.load(ckpt, weights_only=False)
     assert saved["global_step"] == n and "buffer" in saved["GymDataModule"]
+    assert ("priorities" in saved["GymDataModule"]["buffer"]) == bool(switches)
 
-    resumed, resumed_steps = make_cli(tmp_path / "resumed", f"--trainer.max_steps={total}")
+    resumed, resumed_steps = make_cli(tmp_path / "resumed", f"--trainer.max_steps={total}", *switches)
     resumed.trainer.fit(resumed.model, datamodule=resumed.datamodule, ckpt_path=str(ckpt))
+    assert len(resumed_steps.losses) == total - n
     assert resumed_steps.losses == whole_steps.losses[n:]
     assert resumed.model.episode_durations == whole.model.episode_durations
+    assert resumed.model.episode_returns == whole.model.episode_returns
     for a, b in zip(resumed.model.state_dict().values(), whole.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert resumed_steps.counters == whole_steps.counters  # env steps, episodes, buffer size and position

@@ -1,0 +1,284 @@
+"""lit_dqn against Stable-Baselines3's DQN with rl-zoo3's tuned hyperparameters, seed by seed.
+
+    python benchmarks/compare_sb3.py                                        # four envs, seeds 0-4
+    python benchmarks/compare_sb3.py --env CartPole-v1 --seeds 0 1 2        # one env, three seeds
+    python benchmarks/compare_sb3.py --env Acrobot-v1 --jobs 2              # two runs at a time
+    python benchmarks/compare_sb3.py --env CartPole-v1 --config CartPole-v1=my.yaml -- --model.lr 3e-4
+    python benchmarks/compare_sb3.py --env CartPole-v1 --seeds 0 --sb3-steps 2000 --threads 1   # quick check
+
+Needs stable-baselines3 (``pip install -e '.[bench]'``); rl-zoo3 itself is not needed, its
+hyperparameters are copied below.
+
+For each env and seed, lit_dqn trains its config (``fit``, which stops early once the greedy
+validation mean reaches the config's threshold, then tests the best checkpoint; see
+``benchmark.py``'s solve table) and then SB3's DQN trains for rl-zoo3's full budget, each in a
+fresh process, alternating lit_dqn / SB3 so both see the same machine load. Both agents are
+scored on exactly the same held-out greedy episodes: lit_dqn's test episodes (``data.eval_episodes``
+from ``data.test_seed``, never used for validation); a seed solved if that mean reaches the env's
+threshold.
+
+What the columns count differs by design: SB3 trains its whole budget and is scored on its final
+policy; lit_dqn stops early and is scored on its best validation checkpoint, its wall time includes
+those validations, and "solve steps" / "solve s" are the env steps and seconds to that checkpoint.
+Wall times cover training only (``fit`` / ``learn``), not process startup or the test.
+
+Extra arguments after ``--`` go to the CLI of every lit_dqn run; SB3 ignores them.
+"""
+
+import argparse
+import multiprocessing as mp
+import os
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import lightning
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import benchmark  # a sibling script, not a package
+from benchmark import ROOT, _fmt, _peak_rss_mib, _quiet, build_cli
+
+# Copied from rl-zoo3 2.9.2, rl_zoo3/hyperparams/dqn.yml (policy 'MlpPolicy' for all four; policy_kwargs
+# there is the string "dict(net_arch=[256, 256])"). n_timesteps is the budget given to learn(); the
+# rest are DQN's keyword arguments. gradient_steps -1: as many gradient steps as env steps per rollout.
+RL_ZOO3_DQN: dict[str, dict[str, Any]] = {
+    "CartPole-v1": {
+        "n_timesteps": 50_000,
+        "learning_rate": 2.3e-3,
+        "batch_size": 64,
+        "buffer_size": 100_000,
+        "learning_starts": 1000,
+        "gamma": 0.99,
+        "target_update_interval": 10,
+        "train_freq": 256,
+        "gradient_steps": 128,
+        "exploration_fraction": 0.16,
+        "exploration_final_eps": 0.04,
+        "policy_kwargs": {"net_arch": [256, 256]},
+    },
+    "Acrobot-v1": {
+        "n_timesteps": 100_000,
+        "learning_rate": 6.3e-4,
+        "batch_size": 128,
+        "buffer_size": 50_000,
+        "learning_starts": 0,
+        "gamma": 0.99,
+        "target_update_interval": 250,
+        "train_freq": 4,
+        "gradient_steps": -1,
+        "exploration_fraction": 0.12,
+        "exploration_final_eps": 0.1,
+        "policy_kwargs": {"net_arch": [256, 256]},
+    },
+    "MountainCar-v0": {
+        "n_timesteps": 120_000,
+        "learning_rate": 4e-3,
+        "batch_size": 128,
+        "buffer_size": 10_000,
+        "learning_starts": 1000,
+        "gamma": 0.98,
+        "target_update_interval": 600,
+        "train_freq": 16,
+        "gradient_steps": 8,
+        "exploration_fraction": 0.2,
+        "exploration_final_eps": 0.07,
+        "policy_kwargs": {"net_arch": [256, 256]},
+    },
+    "LunarLander-v3": {
+        "n_timesteps": 100_000,
+        "learning_rate": 6.3e-4,
+        "batch_size": 128,
+        "buffer_size": 50_000,
+        "learning_starts": 0,
+        "gamma": 0.99,
+        "target_update_interval": 250,
+        "train_freq": 4,
+        "gradient_steps": -1,
+        "exploration_fraction": 0.12,
+        "exploration_final_eps": 0.1,
+        "policy_kwargs": {"net_arch": [256, 256]},
+    },
+}
+
+# lit_dqn's config and the solve threshold (the env's reward threshold: Gymnasium's, or the
+# customary one where Gymnasium has none) for each env.
+ENVS: dict[str, tuple[str, float]] = {
+    "CartPole-v1": ("configs/cartpole.yaml", 475.0),
+    "Acrobot-v1": ("configs/acrobot.yaml", -100.0),
+    "MountainCar-v0": ("configs/mountaincar.yaml", -110.0),
+    "LunarLander-v3": ("configs/lunarlander.yaml", 200.0),
+}
+
+LIT, SB3 = "lit_dqn", "sb3 rl-zoo3"
+
+
+class _FitEnvSteps(benchmark.SolveTimer):
+    """``SolveTimer`` that also keeps the env steps of the whole fit, which ``solve_seed`` does not return."""
+
+    fit_env_steps: int | None = None
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        type(self).fit_env_steps = trainer.datamodule.runner.env_steps
+
+
+def lit_seed(job: tuple[str, int, float, str, list[str], int]) -> dict:
+    """``benchmark.solve_seed`` plus the total env steps of its fit (each call runs in a fresh process)."""
+    benchmark.SolveTimer = _FitEnvSteps  # solve_seed looks the class up when it runs
+    row = benchmark.solve_seed(job)
+    return {**row, "env_steps": _FitEnvSteps.fit_env_steps}
+
+
+def sb3_seed(job: tuple[str, int, float, int | None, int, int, int]) -> dict:
+    """Train SB3's DQN as rl-zoo3 does, then score its greedy policy on lit_dqn's test episodes."""
+    env_id, seed, threshold, budget, test_episodes, test_seed, threads = job
+    _quiet()
+    torch.set_num_threads(threads)
+    from stable_baselines3 import DQN
+    from stable_baselines3.common.monitor import Monitor
+
+    from lit_dqn.rollout import evaluate
+
+    hyperparams = dict(RL_ZOO3_DQN[env_id])
+    n_timesteps = hyperparams.pop("n_timesteps")
+    if budget is not None:
+        n_timesteps = budget
+    env = Monitor(gym.make(env_id))  # rl-zoo3 uses one env (n_envs=1) for these
+    model = DQN("MlpPolicy", env, seed=seed, verbose=0, device="cpu", **hyperparams)
+    start = time.perf_counter()
+    model.learn(n_timesteps)
+    learn_s = time.perf_counter() - start
+    env.close()
+
+    def greedy(obs: np.ndarray) -> np.ndarray:
+        return model.predict(obs, deterministic=True)[0]
+
+    envs = gym.make_vec(env_id, num_envs=test_episodes)  # the call GymDataModule makes for its test episodes
+    test_mean = float(evaluate(envs, greedy, seed=test_seed).mean())
+    envs.close()
+    return {
+        "seed": seed,
+        "solved": test_mean >= threshold,
+        "test_mean": test_mean,
+        "env_steps": model.num_timesteps,  # learn() finishes its last rollout, so may pass n_timesteps
+        "fit_s": learn_s,
+        "solve_s": None,
+        "solve_env_steps": None,
+        "peak_rss_mib": _peak_rss_mib(),
+    }
+
+
+def _run(task: tuple[str, tuple]) -> dict:
+    agent, job = task
+    return {"agent": agent, **(lit_seed(job) if agent == LIT else sb3_seed(job))}
+
+
+def lit_test_episodes(env_id: str, config: str, extra: list[str]) -> tuple[int, int]:
+    """The test episodes (count, first seed) that lit_dqn's config and overrides give, so SB3 plays the
+    same ones; fails early if the config trains a different env."""
+    with tempfile.TemporaryDirectory() as root, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # this script's own argv
+        hparams = build_cli(config, root, "cpu", extra).datamodule.hparams
+    if hparams.env_id != env_id:
+        sys.exit(f"{config} trains {hparams.env_id}, not {env_id}; pass --config {env_id}=PATH")
+    return hparams.eval_episodes, hparams.test_seed
+
+
+def compare_env(env_id: str, config: str, threshold: float, args: argparse.Namespace) -> None:
+    """Train both agents on every seed, alternating, and print the env's table."""
+    threads = args.threads or max(1, torch.get_num_threads() // args.jobs)
+    test_episodes, test_seed = lit_test_episodes(env_id, config, args.extra)
+    tasks: list[tuple[str, tuple]] = []
+    for seed in args.seeds:
+        tasks.append((LIT, (config, seed, threshold, "cpu", args.extra, threads)))
+        tasks.append((SB3, (env_id, seed, threshold, args.sb3_steps, test_episodes, test_seed, threads)))
+    # a fresh process per run (maxtasksperchild=1), so no run inherits another's memory or state
+    with mp.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
+        rows = pool.map(_run, tasks, chunksize=1)
+
+    sb3_budget = RL_ZOO3_DQN[env_id]["n_timesteps"] if args.sb3_steps is None else args.sb3_steps
+    sb3_hp = {k: v for k, v in RL_ZOO3_DQN[env_id].items() if k != "n_timesteps"}
+    print(
+        f"## {env_id}: solved if the mean of {test_episodes} greedy test episodes (seeds from {test_seed}) "
+        f">= {threshold:g}"
+    )
+    print(f"{LIT}: {_relative(config)} {shlex.join(args.extra)}".rstrip())
+    print(f"{SB3}: {sb3_budget} env steps, {sb3_hp}")
+    print(f"(cpu, {args.jobs} run(s) at a time, {threads} torch thread(s) each)")
+    print(
+        f"{'env':<15} {'agent':<11} {'seed':>4} {'solved':>6} {'test mean':>9} {'solve steps':>11} "
+        f"{'env steps':>9} {'solve s':>7} {'wall s':>7} {'RSS MiB':>7}"
+    )
+    for r in rows:
+        print(
+            f"{env_id:<15} {r['agent']:<11} {r['seed']:>4} {'yes' if r['solved'] else 'no':>6} {r['test_mean']:>9.1f} "
+            f"{_fmt(r['solve_env_steps'], 'd'):>11} {_fmt(r['env_steps'], 'd'):>9} {_fmt(r['solve_s'], '.1f'):>7} "
+            f"{r['fit_s']:>7.1f} {r['peak_rss_mib']:>7.0f}"
+        )
+    for agent in (LIT, SB3):
+        mine = [r for r in rows if r["agent"] == agent]
+        solved = sum(r["solved"] for r in mine)
+        wall = statistics.median(r["fit_s"] for r in mine)
+        steps = [r["env_steps"] for r in mine if r["env_steps"] is not None]
+        median_steps = f"{statistics.median(steps):.0f}" if steps else "-"
+        line = f"{agent}: solved {solved}/{len(mine)}, median wall {wall:.1f} s, median env steps {median_steps}"
+        to_solve = [r["solve_env_steps"] for r in mine if r["solve_env_steps"] is not None]
+        if to_solve:
+            line += f", median env steps to solve {statistics.median(to_solve):.0f}"
+        print(line)
+    print(flush=True)
+
+
+def _relative(path: str) -> str:
+    """A config's path as the README shows it: relative to the repository when it is inside."""
+    return str(Path(path).relative_to(ROOT)) if Path(path).is_relative_to(ROOT) else path
+
+
+def _env_config(text: str) -> tuple[str, str]:
+    env_id, sep, path = text.partition("=")
+    if not sep or not path:
+        raise argparse.ArgumentTypeError(f"expected ENV=PATH, got {text!r}")
+    return env_id, path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", nargs="+", default=list(ENVS), choices=list(ENVS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(5)))
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once, one process each")
+    parser.add_argument("--threads", type=int, help="torch threads per run (default: the CPU's threads / --jobs)")
+    parser.add_argument("--sb3-steps", type=int, help="SB3's env steps instead of rl-zoo3's budget (quick tests)")
+    parser.add_argument(
+        "--config", type=_env_config, action="append", default=[], metavar="ENV=PATH", help="lit_dqn config for ENV"
+    )
+    parser.add_argument("extra", nargs="*", help="lit_dqn CLI overrides, after --")
+    args = parser.parse_args()
+    configs = {env_id: str(ROOT / path) for env_id, (path, _) in ENVS.items()}
+    configs |= {env_id: str(Path(path).resolve()) for env_id, path in args.config}
+    unknown = set(dict(args.config)) - set(ENVS)
+    if unknown:
+        parser.error(
+            f"--config for {', '.join(sorted(unknown))}: no rl-zoo3 hyperparameters here; envs: {', '.join(ENVS)}"
+        )
+    import stable_baselines3  # here, not at the top: the lit_dqn workers, which import this module, do not need it
+
+    print(f"$ python {shlex.join(sys.argv)}")
+    print(
+        f"torch {torch.__version__}, lightning {lightning.__version__}, stable-baselines3 "
+        f"{stable_baselines3.__version__}, gymnasium {gym.__version__}; {os.cpu_count()} CPU(s), "
+        f"{torch.get_num_threads()} torch thread(s)\n",
+        flush=True,
+    )
+    for env_id in args.env:
+        compare_env(env_id, configs[env_id], ENVS[env_id][1], args)
+
+
+if __name__ == "__main__":
+    main()
