@@ -114,12 +114,17 @@ def tutorial_throughput(job: tuple[int, int, str, list[str]]) -> dict[str, float
 
 class SolveTimer(L.Callback):
     """Wall-clock, env steps and episodes from the start of fit to the end of the validation that
-    produced the best checkpoint (the one ``test`` scores), i.e. the time to that checkpoint."""
+    produced the best checkpoint (the one ``test`` scores), i.e. the time to that checkpoint; and
+    the env steps of the whole fit."""
 
     def __init__(self) -> None:
         self.start = 0.0
         self.best = float("-inf")
         self.best_at: tuple[float, int, int] | None = None
+        self.env_steps = 0
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.env_steps = trainer.datamodule.runner.env_steps
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self.start = time.perf_counter()
@@ -155,6 +160,7 @@ def solve_seed(job: tuple[str, int, float, str, list[str], int]) -> dict:
         "best_val": best_val,
         "episodes": episodes,
         "updates": cli.trainer.global_step,
+        "env_steps": timer.env_steps,
         "fit_s": fit_s,
         "solve_s": solve_s,
         "solve_env_steps": solve_env_steps,

@@ -120,22 +120,6 @@ ENVS: dict[str, tuple[str, float]] = {
 LIT, SB3 = "lit_dqn", "sb3 rl-zoo3"
 
 
-class _FitEnvSteps(benchmark.SolveTimer):
-    """``SolveTimer`` that also keeps the env steps of the whole fit, which ``solve_seed`` does not return."""
-
-    fit_env_steps: int | None = None
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        type(self).fit_env_steps = trainer.datamodule.runner.env_steps
-
-
-def lit_seed(job: tuple[str, int, float, str, list[str], int]) -> dict:
-    """``benchmark.solve_seed`` plus the total env steps of its fit (each call runs in a fresh process)."""
-    benchmark.SolveTimer = _FitEnvSteps  # solve_seed looks the class up when it runs
-    row = benchmark.solve_seed(job)
-    return {**row, "env_steps": _FitEnvSteps.fit_env_steps}
-
-
 def sb3_seed(job: tuple[str, int, float, int | None, int, int, int]) -> dict:
     """Train SB3's DQN as rl-zoo3 does, then score its greedy policy on lit_dqn's test episodes."""
     env_id, seed, threshold, budget, test_episodes, test_seed, threads = job
@@ -177,7 +161,7 @@ def sb3_seed(job: tuple[str, int, float, int | None, int, int, int]) -> dict:
 
 def _run(task: tuple[str, tuple]) -> dict:
     agent, job = task
-    return {"agent": agent, **(lit_seed(job) if agent == LIT else sb3_seed(job))}
+    return {"agent": agent, **(benchmark.solve_seed(job) if agent == LIT else sb3_seed(job))}
 
 
 def lit_test_episodes(env_id: str, config: str, extra: list[str]) -> tuple[int, int]:

@@ -38,11 +38,12 @@ class SumTree:
         Each level recomputes its touched nodes from their children, so repeated slots (or siblings
         in one batch) are harmless: every write at a level reads only the finished level below.
         """
+        pairs = self.tree.view(-1, 2)  # row i: the children (2i, 2i + 1) of node i
         node = slots + self.leaves
         self.tree[node] = values
         for _ in range(self.depth):
             node = node // 2
-            self.tree[node] = self.tree[2 * node] + self.tree[2 * node + 1]
+            self.tree[node] = pairs[node].sum(dim=1)
 
     def find(self, prefix: Tensor) -> Tensor:
         """The leaf ``i`` where the running sum of leaves first exceeds ``prefix`` ``[B]``, for each entry.
@@ -50,13 +51,14 @@ class SumTree:
         A subtree whose sum is zero is never entered, so float rounding at the edges of a segment
         cannot land on an empty slot.
         """
+        pairs = self.tree.view(-1, 2)
         node = torch.ones_like(prefix, dtype=torch.long)
         for _ in range(self.depth):
-            left = 2 * node
-            left_sum = self.tree[left]
-            right = (prefix >= left_sum) & (self.tree[left + 1] > 0)
-            prefix = torch.where(right, prefix - left_sum, prefix)
-            node = left + right
+            children = pairs[node]  # [B, 2] sums of the left and right subtrees
+            left_sum = children[:, 0]
+            right = (prefix >= left_sum) & (children[:, 1] > 0)
+            prefix = prefix - left_sum * right
+            node = 2 * node + right
         return node - self.leaves
 
     def rebuild(self) -> None:

@@ -4,6 +4,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import ROOT
 
 
@@ -44,3 +46,13 @@ def test_soak_samples_memory_and_files() -> None:
     assert len(rows) >= 2 and env_steps == sorted(env_steps) and env_steps[-1] >= 2000, out
     assert len({row[3] for row in rows}) == 1  # open file descriptors do not grow
     assert "peak RSS" in out and "buffer storage" in out
+
+
+def test_replay_benchmark_prints_uniform_and_prioritized_costs() -> None:
+    out = run_script("benchmarks/replay.py", "--capacities", "1000", "5000", "--iters", "5", "--rounds", "1")
+    rows = [line.split() for line in out.splitlines() if line.strip() and line.split()[0].isdigit()]
+    assert [row[0] for row in rows] == ["1000", "5000"], out
+    for row in rows:  # capacity, then four costs "N us", then the ratio "Rx"
+        costs = [float(row[i]) for i in (1, 3, 5, 7)]
+        assert all(c > 0 for c in costs) and costs[3] == pytest.approx(costs[1] + costs[2], abs=1.5)
+        assert row[9].endswith("x")

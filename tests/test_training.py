@@ -7,7 +7,7 @@ import torch
 
 from lit_dqn.cli import DQNCLI
 
-from .conftest import make_cli
+from .conftest import ROOT, make_cli
 
 
 def fit_default_config(tmp_path: Path, *overrides: str) -> tuple[DQNCLI, list[float]]:
@@ -54,3 +54,14 @@ def test_default_config_solves_cartpole(seed: int, tmp_path) -> None:
     assert cli.trainer.checkpoint_callback.best_model_score.item() >= 475
     test = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)[0]
     assert test["test/return_mean"] >= 475
+
+
+@pytest.mark.slow
+def test_acrobot_config_solves(tmp_path) -> None:
+    """Beyond CartPole: configs/acrobot.yaml's best checkpoint reaches Acrobot-v1's -100 on test seeds
+    (seed 0, measured: -81.4 after 11k env steps, ~65 s)."""
+    config = ROOT / "configs/acrobot.yaml"
+    cli, _ = make_cli(tmp_path, "--seed_everything=0", "--trainer.enable_progress_bar=false", config=config)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    test = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)[0]
+    assert test["test/return_mean"] >= -100
