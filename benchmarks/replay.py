@@ -5,9 +5,10 @@
 
 Each buffer is filled to capacity with CartPole-sized transitions (4 floats; 3-step windows as in the
 default config), then timed over ``--iters`` batches, alternating uniform and prioritized in each
-round so both see the same machine. Prioritized costs a stratified sum-tree descent for the sample
-and a leaf write plus ancestor refresh for the priority update, each ``log2(capacity)`` vectorised
-levels; uniform costs one ``randint``. Medians of ``--rounds`` rounds, in µs per batch.
+round so both see the same machine. Both samples gather the same 3-step windows; on top of that,
+prioritized costs a stratified sum-tree descent for the sample and a leaf write plus ancestor
+refresh for the priority update, each ``log2(capacity)`` vectorised levels, where uniform draws one
+``randint``. Medians of ``--rounds`` rounds, in µs per batch.
 """
 
 import argparse
@@ -37,8 +38,11 @@ def filled(buffer: ReplayBuffer) -> ReplayBuffer:
 
 
 def _sync(device: torch.device) -> None:
+    """Wait for queued kernels, so a timer measures work done rather than work launched."""
     if device.type == "cuda":
         torch.cuda.synchronize()
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def time_us(fn, iters: int, device: torch.device) -> float:

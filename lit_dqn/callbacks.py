@@ -11,7 +11,8 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 
 
 class EpisodeProgressBar(TQDMProgressBar):
-    """Lightning's tqdm bar plus the episode count, last duration, 100-episode mean and ε.
+    """Lightning's tqdm bar plus the episode count, the last episode's return and duration, their
+    100-episode means and ε.
 
     The numbers come from ``DQN.progress`` and are read only when the bar refreshes; logging them
     with ``self.log(prog_bar=True)`` would cost more than a training step every time an episode ends.

@@ -72,12 +72,15 @@ def check_checkpoint_fits(checkpoint: dict[str, Any], model: torch.nn.Module, pa
     missing = [name for name in expected if name not in state]
     if mismatches or missing:
         hp = checkpoint.get("hyper_parameters", {})
-        trained = f"obs_dim={hp.get('obs_dim')}, n_actions={hp.get('n_actions')}, hidden_sizes={hp.get('hidden_sizes')}"
+        trained = (
+            f"obs_dim={hp.get('obs_dim')}, n_actions={hp.get('n_actions')}, hidden_sizes={hp.get('hidden_sizes')}, "
+            f"dueling={hp.get('dueling', False)}"
+        )
         detail = "; ".join(mismatches[:2]) or f"missing {', '.join(missing[:2])}"
         raise ConfigError(
             f"ckpt_path={str(path)!r} does not fit this model: it was trained with {trained}, the config gives "
             f"obs_dim={model.hparams.obs_dim}, n_actions={model.hparams.n_actions}, "
-            f"hidden_sizes={model.hparams.hidden_sizes} ({detail})"
+            f"hidden_sizes={model.hparams.hidden_sizes}, dueling={model.hparams.dueling} ({detail})"
         )
 
 

@@ -39,3 +39,12 @@ def check_at_least(field: str, value: float, other_field: str, other: float) -> 
 def check_at_most(field: str, value: float, other_field: str, other: float) -> None:
     if value > other:
         raise ConfigError(f"{field}={value!r} is not allowed: it must be at most {other_field}={other!r}")
+
+
+def check_max_steps_for(field: str, value: object, max_steps: int | None) -> None:
+    """Schedules sized by the run's length (linear ε, prioritized replay's β) need a finite ``trainer.max_steps``."""
+    if max_steps is None or max_steps <= 0:
+        raise ConfigError(
+            f"{field}={value} is sized by trainer.max_steps, so trainer.max_steps={max_steps!r} is not allowed: "
+            "it must be > 0"
+        )

@@ -15,7 +15,14 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
 from lit_dqn.buffer import ReplayBuffer, Transitions
-from lit_dqn.checks import ConfigError, check_at_least, check_at_most, check_interval, check_positive
+from lit_dqn.checks import (
+    ConfigError,
+    check_at_least,
+    check_at_most,
+    check_interval,
+    check_max_steps_for,
+    check_positive,
+)
 from lit_dqn.envs import env_spaces
 from lit_dqn.prioritized import PrioritizedReplayBuffer
 from lit_dqn.rollout import EnvRunner, ExplorationPolicy, GreedyPolicy, evaluate
@@ -50,8 +57,8 @@ class ReplayDataset(IterableDataset):
     feeds several updates. Counting transitions rather than calls keeps the ratio exact when a
     sub-env spends a call on its autoreset.
 
-    With a ``PrioritizedReplayBuffer``, batch ``k`` is sampled with importance-sampling exponent
-    ``beta(k)``.
+    With a ``PrioritizedReplayBuffer``, each batch is sampled with the importance-sampling exponent
+    ``beta()`` gives at that moment (1, no annealing, if none is given).
     """
 
     def __init__(
@@ -62,7 +69,7 @@ class ReplayDataset(IterableDataset):
         warmup_steps: int,
         updates_per_step: float = 1.0,
         batches: int = 0,
-        beta: Callable[[int], float] | None = None,
+        beta: Callable[[], float] | None = None,
     ) -> None:
         self.runner = runner
         self.policy = policy
@@ -70,7 +77,7 @@ class ReplayDataset(IterableDataset):
         self.warmup_steps = warmup_steps
         self.updates_per_step = updates_per_step
         self.batches = batches  # yielded so far; part of the state an exact resume restores
-        self.beta = beta
+        self.beta = beta or (lambda: 1.0)
 
     def __len__(self) -> int:
         """Endless, but sized: Lightning prefetches one batch from a stream of unknown length (to
@@ -85,7 +92,7 @@ class ReplayDataset(IterableDataset):
             while runner.env_steps < due:
                 finished += runner.step(self.policy)
             if isinstance(buffer, PrioritizedReplayBuffer):
-                transitions = buffer.sample(self.batch_size, beta=self.beta(self.batches))
+                transitions = buffer.sample(self.batch_size, beta=self.beta())
                 feedback = buffer.update_priorities
             else:
                 transitions, feedback = buffer.sample(self.batch_size), None
@@ -148,9 +155,10 @@ class GymDataModule(L.LightningDataModule):
         priority_alpha: how strongly priorities skew sampling, P(i) ∝ p_i^α: 0 is uniform; 0.6 is
             the paper's value for the proportional variant.
         priority_beta: importance-sampling exponent at the first update, annealed linearly to 1 at
-            ``trainer.max_steps`` (the paper's 0.4), so late updates are unbiased.
-        priority_eps: added to each |TD error| so no stored transition gets probability 0 (1e-6,
-            as in Stable-Baselines3-contrib and Dopamine's small constants).
+            ``trainer.max_steps`` updates (the paper's 0.4), so late updates are unbiased; a run that
+            early stopping ends sooner stops short of 1.
+        priority_eps: added to each |TD error| so no stored transition gets probability 0 (the
+            paper's small positive constant ε; 1e-6 here).
     """
 
     def __init__(
@@ -214,19 +222,15 @@ class GymDataModule(L.LightningDataModule):
     def _seed(self) -> int:
         return self.hparams.seed if self.hparams.seed is not None else torch.initial_seed()
 
-    def _beta_schedule(self) -> Callable[[int], float] | None:
-        """β of prioritized replay for batch ``k``: linear from ``priority_beta`` to 1 at ``trainer.max_steps``."""
+    def _beta_schedule(self) -> Callable[[], float] | None:
+        """β of prioritized replay for the next update: linear in the updates done (``trainer.global_step``,
+        which a resume restores), from ``priority_beta`` to 1 at ``trainer.max_steps``."""
         hp = self.hparams
         if not hp.prioritized:
             return None
-        total = self.trainer.max_steps
-        if total is None or total <= 0:
-            raise ConfigError(
-                f"data.prioritized=true anneals β to 1 at trainer.max_steps, so trainer.max_steps={total!r} "
-                "is not allowed: it must be > 0"
-            )
-        start = hp.priority_beta
-        return lambda k: min(1.0, start + (1.0 - start) * k / total)
+        trainer, start = self.trainer, hp.priority_beta
+        check_max_steps_for("data.prioritized", "true", trainer.max_steps)
+        return lambda: min(1.0, start + (1.0 - start) * trainer.global_step / trainer.max_steps)
 
     def _make_dataset(self) -> ReplayDataset:
         hp = self.hparams

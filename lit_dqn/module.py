@@ -14,7 +14,14 @@ from torch import Tensor
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 from torchmetrics.aggregation import RunningMean
 
-from lit_dqn.checks import ConfigError, check_at_most, check_interval, check_positive, check_sizes
+from lit_dqn.checks import (
+    ConfigError,
+    check_at_most,
+    check_interval,
+    check_max_steps_for,
+    check_positive,
+    check_sizes,
+)
 from lit_dqn.data import ReplayBatch
 from lit_dqn.exploration import exponential_epsilon, linear_epsilon
 from lit_dqn.losses import td_errors, td_loss, td_targets
@@ -123,12 +130,11 @@ class DQN(L.LightningModule):
         if stage != "fit" or self.hparams.eps_schedule != "linear":
             return
         max_steps = self.trainer.max_steps
-        if max_steps is None or max_steps <= 0:
-            raise ConfigError(
-                f"model.eps_schedule=linear spans a share of trainer.max_steps, so trainer.max_steps={max_steps!r} "
-                "is not allowed: it must be > 0"
-            )
-        self._eps_span = self.hparams.eps_fraction * self.trainer.datamodule.env_steps_at(max_steps)
+        check_max_steps_for("model.eps_schedule", "linear", max_steps)
+        datamodule = self.trainer.datamodule
+        if not hasattr(datamodule, "env_steps_at"):
+            raise ConfigError("model.eps_schedule=linear needs a GymDataModule to count the env steps of training")
+        self._eps_span = self.hparams.eps_fraction * datamodule.env_steps_at(max_steps)
 
     @torch.inference_mode()
     def greedy_actions(self, obs: np.ndarray) -> np.ndarray:
@@ -318,7 +324,7 @@ class DQN(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.episode_durations = list(checkpoint.get("episode_durations", []))
-        # Checkpoints from before returns were kept were CartPole's, where the return is the duration.
+        # Checkpoints written before returns were kept: the durations stand in (exact on CartPole, +1 a step).
         self.episode_returns = list(checkpoint.get("episode_returns", map(float, self.episode_durations)))
         self.duration_mean.reset()
         self.return_mean.reset()

@@ -33,22 +33,25 @@ class QNetwork(nn.Module):
 
 
 class DuelingQNetwork(nn.Module):
-    """Dueling architecture (Wang et al., 2016): a shared MLP torso, then a state value ``V(s)`` and
-    action advantages ``A(s, a)`` combined as ``Q = V + A − mean_a A``.
+    """Dueling architecture (Wang et al., 2016): a shared MLP torso, then two streams, a state value
+    ``V(s)`` and action advantages ``A(s, a)``, combined as ``Q = V + A − mean_a A``.
 
-    Subtracting the mean makes the split identifiable (V and A could otherwise trade a constant) and
-    is the paper's choice over the max. V learns from every transition, whatever action it took,
-    which helps where many actions have similar values.
+    As in the paper, each stream has a hidden layer of its own: the last of ``hidden_sizes`` is built
+    twice, once per stream, and the layers before it are shared. Subtracting the mean makes the
+    split identifiable (V and A could otherwise trade a constant) and is the paper's choice over
+    the max. V learns from every transition, whatever action it took, which helps where many
+    actions have similar values.
     """
 
     def __init__(self, obs_dim: int, n_actions: int, hidden_sizes: Sequence[int] = (128, 128)) -> None:
         super().__init__()
         if not hidden_sizes:
-            raise ValueError("a dueling Q-network needs at least one hidden layer to share")
-        layers, width = mlp(obs_dim, hidden_sizes)
+            raise ValueError("a dueling Q-network needs at least one hidden layer for its streams")
+        layers, width = mlp(obs_dim, hidden_sizes[:-1])
         self.torso = nn.Sequential(*layers)
-        self.value = nn.Linear(width, 1)
-        self.advantage = nn.Linear(width, n_actions)
+        stream = hidden_sizes[-1]
+        self.value = nn.Sequential(nn.Linear(width, stream), nn.ReLU(), nn.Linear(stream, 1))
+        self.advantage = nn.Sequential(nn.Linear(width, stream), nn.ReLU(), nn.Linear(stream, n_actions))
 
     def forward(self, obs: Tensor) -> Tensor:
         """Map observations ``[B, obs_dim]`` to Q-values ``[B, n_actions]``."""
@@ -61,8 +64,8 @@ def soft_update(target: Sequence[Tensor], source: Sequence[Tensor], tau: float) 
     """Polyak-average ``source`` parameters into ``target`` parameters: θ′ ← τθ + (1−τ)θ′.
 
     With ``tau=1`` it is the hard update of the Nature DQN paper (a copy). One fused
-    ``_foreach_lerp_`` over all parameters instead of a Python loop over a state dict: it runs after
-    every optimizer step, so its cost is paid on every training step. It takes parameter lists
+    ``_foreach_lerp_`` over all parameters instead of a Python loop over a state dict: with soft
+    updates it runs after every optimizer step, so its cost is paid on every training step. It takes parameter lists
     rather than modules because ``Module.parameters()`` walks the module tree, which costs more
     than the lerp itself; callers collect the lists once.
     """

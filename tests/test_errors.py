@@ -105,6 +105,13 @@ def test_checkpoint_from_another_env_names_the_shapes(run_dir_with_history: Path
     assert {k: v for k, v in after.items() if k in before} == before
 
 
+def test_checkpoint_of_a_plain_network_into_a_dueling_one_says_so(run_dir_with_history: Path) -> None:
+    ckpt = run_dir_with_history / "lightning_logs/version_0/checkpoints/last.ckpt"
+    args = ["--model.dueling=true", "--ckpt_path", str(ckpt)]
+    result = run_cli("fit", "--config", str(CONFIG), *SHORT_FIT, *args, cwd=run_dir_with_history)
+    assert_clean_error(result, ["does not fit this model", "dueling=False, the config gives", "dueling=True"])
+
+
 def test_resume_last_without_any_run(tmp_path: Path) -> None:
     result = run_cli("fit", "--config", str(CONFIG), *SHORT_FIT, "--ckpt_path=last", cwd=tmp_path)
     assert_clean_error(result, ["ckpt_path='last' found no", "last.ckpt"])

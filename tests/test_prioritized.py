@@ -28,7 +28,7 @@ def test_sum_tree_repeated_slots_and_rebuild_agree() -> None:
         tree.set(slots, values)
     incremental = tree.tree.clone()
     tree.rebuild()
-    assert torch.allclose(tree.tree, incremental)
+    assert torch.equal(tree.tree, incremental)
     assert tree.total.item() == pytest.approx(tree.tree[tree.leaves :].sum().item(), rel=1e-5)
 
 

@@ -18,6 +18,7 @@ from lit_dqn.module import NonFiniteLossError
 
 from . import conftest
 from .conftest import CONFIG, SHORT_FIT, StepRecorder, run_cli
+from .test_toolbox import PrioritizedCheck
 
 
 def make_cli(root: Path, *overrides: str) -> tuple[DQNCLI, StepRecorder]:
@@ -81,16 +82,23 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(switches: tuple[str,
     assert resumed_steps.counters == whole_steps.counters  # env steps, episodes, buffer size and position
 
 
-def test_resume_without_saved_buffer_refills_it(tmp_path: Path) -> None:
-    first, _ = make_cli(tmp_path / "a", "--trainer.max_steps=300", "--data.save_replay_buffer=false")
+@pytest.mark.parametrize("prioritized", [False, True], ids=["uniform", "prioritized"])
+def test_resume_without_saved_buffer_refills_it(prioritized: bool, tmp_path: Path) -> None:
+    switches = ("--data.save_replay_buffer=false", f"--data.prioritized={str(prioritized).lower()}")
+    first, _ = make_cli(tmp_path / "a", "--trainer.max_steps=400", *switches)
+    first.trainer.callbacks.append(StopAt(300))
     first.trainer.fit(first.model, datamodule=first.datamodule)
     ckpt = tmp_path / "a/lightning_logs/version_0/checkpoints/last.ckpt"
     assert "buffer" not in torch.load(ckpt, weights_only=False)["GymDataModule"]
-    resumed, _ = make_cli(tmp_path / "b", "--trainer.max_steps=400", "--data.save_replay_buffer=false")
+    resumed, _ = make_cli(tmp_path / "b", "--trainer.max_steps=400", *switches)
     recorder = resumed.trainer.callbacks[-1]
+    if prioritized:  # β goes on from the restored update count, not from the refilled stream's start
+        check = PrioritizedCheck(beta_start=0.4, alpha=0.6)
+        resumed.trainer.callbacks.append(check)
     resumed.trainer.fit(resumed.model, datamodule=resumed.datamodule, ckpt_path=str(ckpt))
     env_steps, _, buffer_size, _ = recorder.counters
     assert resumed.trainer.global_step == 400
+    assert not prioritized or check.checked == 100
     # counters continued; the buffer was refilled with a full warm-up before training went on
     assert buffer_size == 300 + 100 and env_steps >= 300 + 300 + 300 + 100
 

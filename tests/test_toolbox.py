@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from lit_dqn.exploration import linear_epsilon
-from lit_dqn.losses import td_errors, td_loss
+from lit_dqn.losses import td_errors, td_loss, td_targets
 from lit_dqn.networks import DuelingQNetwork, QNetwork
-from lit_dqn.prioritized import PrioritizedReplayBuffer
 
 from .conftest import make_cli
 
@@ -20,18 +19,31 @@ SHORT = ["--trainer.max_steps=300", "--data.warmup_steps=300", "--trainer.val_ch
 
 
 def test_dueling_head_is_value_plus_centred_advantage() -> None:
-    net = DuelingQNetwork(2, 3, hidden_sizes=[4])
+    net = DuelingQNetwork(2, 3, hidden_sizes=[4])  # no shared layer: each stream has its own hidden layer
     with torch.no_grad():
-        net.torso[0].weight.copy_(torch.eye(4, 2))  # features = relu([x0, x1, 0, 0])
-        net.torso[0].bias.zero_()
-        net.value.weight.copy_(torch.tensor([[1.0, 1.0, 0.0, 0.0]]))
-        net.value.bias.fill_(0.5)
-        net.advantage.weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 0, 0]]))
-        net.advantage.bias.copy_(torch.tensor([0.0, 0.0, 3.0]))
+        for stream in (net.value, net.advantage):
+            stream[0].weight.copy_(torch.eye(4, 2))  # hidden = relu([x0, x1, 0, 0])
+            stream[0].bias.zero_()
+        net.value[2].weight.copy_(torch.tensor([[1.0, 1.0, 0.0, 0.0]]))
+        net.value[2].bias.fill_(0.5)
+        net.advantage[2].weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 0, 0]]))
+        net.advantage[2].bias.copy_(torch.tensor([0.0, 0.0, 3.0]))
     q = net(torch.tensor([[1.0, 2.0], [-1.0, 4.0]]))
     # row 0: V = 3.5, A = [1, 2, 3], mean 2 -> [2.5, 3.5, 4.5]; row 1: relu -> [0, 4]: V = 4.5, A = [0, 4, 3]
     assert torch.allclose(q, torch.tensor([[2.5, 3.5, 4.5], [4.5 - 7 / 3, 4.5 + 4 - 7 / 3, 4.5 + 3 - 7 / 3]]))
     assert net(torch.zeros(5, 2)).shape == (5, 3)
+
+
+def test_dueling_streams_split_after_the_shared_layers() -> None:
+    net = DuelingQNetwork(6, 3, hidden_sizes=[8, 4])
+    shapes = {name: tuple(p.shape) for name, p in net.named_parameters() if name.endswith("weight")}
+    assert shapes == {
+        "torso.0.weight": (8, 6),
+        "value.0.weight": (4, 8),
+        "value.2.weight": (1, 4),
+        "advantage.0.weight": (4, 8),
+        "advantage.2.weight": (3, 4),
+    }
 
 
 def test_plain_q_network_keeps_its_layout() -> None:
@@ -108,31 +120,44 @@ def test_linear_epsilon_spans_its_share_of_training(tmp_path) -> None:
     assert seen[-1][1] == pytest.approx(0.05)
 
 
+class PrioritizedCheck(L.Callback):
+    """Recomputes, from the nets and the sum-tree before each update, what the update must use and leave:
+    the IS weights at this step's β, the weighted loss, and the new priorities (|δ| + ε)^α."""
+
+    def __init__(self, beta_start: float, alpha: float) -> None:
+        self.beta_start, self.alpha = beta_start, alpha
+        self.checked = self.weighted = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        t, buffer = batch.transitions, trainer.datamodule.buffer
+        beta = self.beta_start + (1 - self.beta_start) * trainer.global_step / trainer.max_steps
+        probabilities = buffer.tree.get(t.indices) / buffer.tree.total
+        weights = (batch.replay_size * probabilities) ** -beta
+        assert torch.allclose(t.weights, (weights / weights.max()).float())
+        with torch.no_grad():
+            q = pl_module.policy_net(t.obs)
+            next_target, next_online = pl_module.target_net(t.next_obs), pl_module.policy_net(t.next_obs)
+            targets = td_targets(t.rewards, next_target, t.terminated, 0.99, next_online, t.steps)
+        self.expected_loss = td_loss(q, t.actions, targets, t.weights)
+        self.expected_priorities = (td_errors(q, t.actions, targets).double() + buffer.eps) ** self.alpha
+        if not torch.all(t.weights == 1):  # once priorities differ, the weights change the loss
+            assert not torch.allclose(self.expected_loss, td_loss(q, t.actions, targets))
+            self.weighted += 1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        assert torch.allclose(outputs["loss"], self.expected_loss)
+        stored = trainer.datamodule.buffer.tree.get(batch.transitions.indices)
+        assert torch.allclose(stored, self.expected_priorities)
+        self.checked += 1
+
+
 def test_prioritized_replay_in_a_real_fit(tmp_path) -> None:
-    cli, _ = make_cli(tmp_path, *SHORT, "--data.prioritized=true", "--data.priority_beta=0.4")
-
-    class Record(L.Callback):
-        def __init__(self) -> None:
-            self.batches = []
-
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-            self.batches.append((batch.transitions.indices, batch.transitions.weights))
-
-        def on_train_end(self, trainer, pl_module) -> None:
-            self.buffer, self.beta = trainer.datamodule.buffer, trainer.datamodule.dataset.beta
-
-    record = Record()
-    cli.trainer.callbacks.append(record)
+    overrides = ("--data.prioritized=true", "--data.priority_beta=0.4", "--data.priority_alpha=0.7")
+    cli, _ = make_cli(tmp_path, *SHORT, *overrides)
+    check = PrioritizedCheck(beta_start=0.4, alpha=0.7)
+    cli.trainer.callbacks.append(check)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    buffer = record.buffer
-    assert isinstance(buffer, PrioritizedReplayBuffer)
-    assert len(record.batches) == 300 and all(w.min() > 0 and w.max() == 1.0 for _, w in record.batches)
-    priorities = buffer.tree.get(torch.arange(len(buffer)))
-    # sampled slots got (|δ| + ε)^α as their priority, mostly below the max they entered with
-    sampled = torch.unique(torch.cat([i for i, _ in record.batches]))
-    assert (priorities[sampled] < buffer.max_priority).float().mean() > 0.5
-    assert buffer.tree.total.item() == pytest.approx(priorities.sum().item(), rel=1e-4)
-    assert record.beta(0) == 0.4 and record.beta(150) == pytest.approx(0.7) and record.beta(300) == 1.0
+    assert check.checked == 300 and check.weighted >= 290
 
 
 def test_all_switches_together_are_deterministic(tmp_path) -> None:
