@@ -7,6 +7,8 @@ import gymnasium as gym
 import pytest
 import yaml
 
+from lit_dqn.envs import missing_extra
+
 from .conftest import ROOT, make_cli
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -27,11 +29,13 @@ def early_stopping(config: Path) -> dict | None:
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
 def test_config_runs_on_its_env(config: Path, tmp_path: Path) -> None:
+    env_id = yaml.safe_load(config.read_text())["data"]["env_id"]
+    if missing_extra(env_id) == "box2d":  # README's quick start installs .[dev] only; CI installs every extra
+        pytest.importorskip("Box2D", reason=f'{config.name} needs pip install -e ".[box2d]"')
     cli, recorder = make_cli(tmp_path, *TINY, config=config)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert cli.trainer.global_step == 150 and len(recorder.losses) == 150
-    env_id = cli.datamodule.hparams.env_id
-    assert env_id == yaml.safe_load(config.read_text())["data"]["env_id"]
+    assert cli.datamodule.hparams.env_id == env_id
     assert "val/return_mean" in cli.trainer.callback_metrics
 
 
