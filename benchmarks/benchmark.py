@@ -57,7 +57,7 @@ def build_cli(config: str, root: str, device: str, extra: list[str]):
     from lit_dqn.data import GymDataModule
     from lit_dqn.module import DQN
 
-    args = ["--config", config, "--trainer.default_root_dir", root, "--trainer.logger.init_args.save_dir", root]
+    args = ["--config", config, "--trainer.default_root_dir", root]
     args += ["--trainer.accelerator", device]
     return DQNCLI(DQN, GymDataModule, args=args + extra, run=False)
 
@@ -198,6 +198,8 @@ def throughput_table(args: argparse.Namespace) -> None:
         for fn, rows in ((lit_throughput, lit), (tutorial_throughput, tut), (floors_throughput, floors)):
             with ctx.Pool(1) as pool:
                 rows.append(pool.apply(fn, (job,)))
+                pool.close()
+                pool.join()
     print(
         f"## Throughput: configs/cartpole_tutorial.yaml vs the tutorial's loop ({args.device}, "
         f"{args.steps} steps after {args.warmup}, median of {args.rounds} rounds)"
@@ -242,6 +244,8 @@ def solve_table(args: argparse.Namespace) -> None:
     # a fresh process per seed (maxtasksperchild=1), so no seed inherits another's memory or state
     with mp.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
         rows = pool.map(solve_seed, jobs, chunksize=1)
+        pool.close()  # let the workers exit before the pool is torn down: no leaked semaphore at exit
+        pool.join()
     print(
         f"## Solve: {args.config} {' '.join(args.extra)} ({args.device}, {args.jobs} seed(s) at a time, "
         f"{threads} torch thread(s) each, threshold {args.threshold})"

@@ -186,6 +186,8 @@ def compare_env(env_id: str, config: str, threshold: float, args: argparse.Names
     # a fresh process per run (maxtasksperchild=1), so no run inherits another's memory or state
     with mp.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
         rows = pool.map(_run, tasks, chunksize=1)
+        pool.close()  # let the workers exit before the pool is torn down: no leaked semaphore at exit
+        pool.join()
 
     sb3_budget = RL_ZOO3_DQN[env_id]["n_timesteps"] if args.sb3_steps is None else args.sb3_steps
     sb3_hp = {k: v for k, v in RL_ZOO3_DQN[env_id].items() if k != "n_timesteps"}

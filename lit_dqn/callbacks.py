@@ -72,7 +72,7 @@ class GracefulStop(L.Callback):
         if self.signum is None and self._saved_step == trainer.global_step:
             return  # the last validation already saved this very state
         path = Path(checkpoint.dirpath) / f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}"
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # the full state, to resume from
         if self.signum is not None:
             print(f"Saved {path} at step {trainer.global_step}; resume with --ckpt_path last", file=sys.stderr)
 

@@ -1,9 +1,10 @@
 """The ``python -m lit_dqn`` command line: Lightning's CLI over ``DQN`` and ``GymDataModule``."""
 
 import sys
+import warnings
 from pathlib import Path
 
-from jsonargparse import ArgumentError
+from jsonargparse import ArgumentError, auto_cli
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
@@ -21,9 +22,15 @@ from lit_dqn.checkpoints import (
 from lit_dqn.checks import ConfigError
 from lit_dqn.data import GymDataModule
 from lit_dqn.module import DQN, NonFiniteLossError
+from lit_dqn.video import record_checkpoint
 
 # Named checkpoints Lightning resolves itself from the current run's ModelCheckpoint.
 _LIGHTNING_CKPT_NAMES = {"best", "hpc", "registry"}
+
+
+def _root_or_cwd(default_root_dir: str | None) -> str:
+    """The logger's ``save_dir``: Lightning's ``default_root_dir``, which defaults to the current directory."""
+    return default_root_dir if default_root_dir is not None else "."
 
 
 class DQNCLI(LightningCLI):
@@ -35,12 +42,24 @@ class DQNCLI(LightningCLI):
     """
 
     def add_arguments_to_parser(self, parser) -> None:
-        # The env decides the network's sizes, so a config never repeats them.
+        # The env decides the network's sizes, so a config never repeats them; logs and checkpoints
+        # go where --trainer.default_root_dir says, as Lightning documents it.
         parser.link_arguments("data.obs_dim", "model.obs_dim", apply_on="instantiate")
         parser.link_arguments("data.n_actions", "model.n_actions", apply_on="instantiate")
+        parser.link_arguments("trainer.default_root_dir", "trainer.logger.init_args.save_dir", _root_or_cwd)
 
     def parse_arguments(self, parser, args) -> None:
-        """Check a checkpoint file is there and readable before Lightning reads its hyperparameters."""
+        """Check a checkpoint file is there and readable before Lightning reads its hyperparameters.
+
+        The logger's ``save_dir`` is linked to ``trainer.default_root_dir`` (above), and jsonargparse
+        would silently replace a value given for it: that is refused instead, naming the option to use.
+        """
+        given = sys.argv[1:] if args is None else args
+        if isinstance(given, list) and any("logger.init_args.save_dir" in str(arg) for arg in given):
+            raise ConfigError(
+                "trainer.logger.init_args.save_dir follows trainer.default_root_dir (logs and checkpoints "
+                "go to DIR/lightning_logs): give --trainer.default_root_dir DIR instead"
+            )
         super().parse_arguments(parser, args)
         self._checkpoint: tuple[str | None, dict | None] = (None, None)
         subcommand = self.config.get("subcommand")
@@ -110,16 +129,44 @@ class DQNCLI(LightningCLI):
             report_changed_hyperparameters(checkpoint, self.model, ckpt_path)
 
 
+LEAFSPEC_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+RECORD_HELP = (
+    "Videos of a trained agent: python -m lit_dqn record CKPT [--episodes 3] (python -m lit_dqn record --help)"
+)
+
+
+def record(args: list[str]) -> int:
+    """``python -m lit_dqn record CKPT``: jsonargparse builds the options from ``record_checkpoint``'s
+    signature and docstring, as LightningCLI does for ``fit``."""
+    try:
+        auto_cli(record_checkpoint, args=args, prog="python -m lit_dqn record", exit_on_error=False)
+    except ArgumentError as error:
+        message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        print(f"lit_dqn record: error: {message} (see python -m lit_dqn record --help)", file=sys.stderr)
+        return 2
+    except ConfigError as error:
+        print(f"lit_dqn record: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(args: list[str] | None = None) -> int:
     """Run the CLI; a configuration or checkpoint problem ends it with one line on stderr, not a traceback."""
+    argv = sys.argv[1:] if args is None else args
+    if argv[:1] == ["record"]:
+        return record(argv[1:])
     try:
-        cli = DQNCLI(
-            DQN,
-            GymDataModule,
-            args=args,
-            save_config_kwargs={"overwrite": True},
-            parser_kwargs={"exit_on_error": False},  # raise parse errors, so they print as one line below
-        )
+        with warnings.catch_warnings():
+            # Lightning's own use of a torch class deprecated in torch 2.10 warns in every run; only a
+            # Lightning release can fix it.
+            warnings.filterwarnings("ignore", LEAFSPEC_WARNING, FutureWarning, "lightning.pytorch.utilities._pytree")
+            cli = DQNCLI(
+                DQN,
+                GymDataModule,
+                args=args,
+                save_config_kwargs={"overwrite": True},
+                parser_kwargs={"exit_on_error": False, "epilog": RECORD_HELP},  # raise parse errors: one line below
+            )
     except ArgumentError as error:  # unknown keys, wrong types: jsonargparse names the key and the type
         message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
         print(f"lit_dqn: error: {message} (see python -m lit_dqn --help)", file=sys.stderr)

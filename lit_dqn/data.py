@@ -1,5 +1,6 @@
 """The data side of DQN: a replay buffer filled by stepping a Gymnasium env, served as batches."""
 
+import contextlib
 import math
 import sys
 import warnings
@@ -26,11 +27,6 @@ from lit_dqn.checks import (
 from lit_dqn.envs import env_spaces
 from lit_dqn.prioritized import PrioritizedReplayBuffer
 from lit_dqn.rollout import EnvRunner, ExplorationPolicy, GreedyPolicy, evaluate
-
-# The replay stream restores its position through GymDataModule.state_dict, not the DataLoader's,
-# and never runs in worker processes: Lightning's warnings about either do not apply.
-warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
-warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
 
 
 class ReplayBatch(NamedTuple):
@@ -203,6 +199,7 @@ class GymDataModule(L.LightningDataModule):
         self.dataset: ReplayDataset | None = None
         self._resume_state: dict[str, Any] | None = None
         self._eval_envs: dict[str, gym.vector.VectorEnv] = {}
+        self._fit_warnings = contextlib.ExitStack()  # the warning filters of a fit in progress (setup)
 
     @property
     def obs_dim(self) -> int:
@@ -322,7 +319,18 @@ class GymDataModule(L.LightningDataModule):
             dataset.warmup_steps += self.runner.env_steps
             dataset.batches = 0
 
+    def setup(self, stage: str) -> None:
+        """For the length of a fit, silence two Lightning warnings that do not apply to the replay
+        stream: it restores its position through ``state_dict`` below, not the DataLoader's, and it
+        never runs in worker processes, where a sized ``IterableDataset`` could repeat data."""
+        if stage == "fit":
+            self._fit_warnings.enter_context(warnings.catch_warnings())  # restored in teardown
+            warnings.filterwarnings("ignore", "You're resuming from a checkpoint that ended before the epoch ended")
+            warnings.filterwarnings("ignore", "Your `IterableDataset` has `__len__` defined")
+
     def teardown(self, stage: str) -> None:
+        if stage == "fit":
+            self._fit_warnings.close()
         for envs in self._eval_envs.values():
             envs.close()
         self._eval_envs.clear()

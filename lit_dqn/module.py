@@ -9,7 +9,6 @@ from typing import Any, Literal
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 from torchmetrics.aggregation import RunningMean
@@ -26,7 +25,6 @@ from lit_dqn.data import ReplayBatch
 from lit_dqn.exploration import exponential_epsilon, linear_epsilon
 from lit_dqn.losses import td_errors, td_loss, td_targets
 from lit_dqn.networks import DuelingQNetwork, QNetwork, soft_update
-from lit_dqn.plots import plot_episodes
 
 
 class NonFiniteLossError(RuntimeError):
@@ -332,13 +330,3 @@ class DQN(L.LightningModule):
             self.return_mean.update(episode_return)
             self.duration_mean.update(float(length))
         self._mean_logged_at = len(self.episode_durations)
-
-    def on_fit_end(self) -> None:
-        """Write the tutorial's duration plot, with the returns beside it, into the run directory and to TensorBoard."""
-        if not self.episode_durations or self.logger is None or self.logger.log_dir is None:
-            return
-        path = Path(self.logger.log_dir) / "episode_durations.png"
-        figure = plot_episodes(self.episode_returns, self.episode_durations, path)
-        if isinstance(self.logger, TensorBoardLogger):
-            self.logger.experiment.add_figure("train/episode_durations", figure, self.global_step)
-            self.logger.experiment.flush()

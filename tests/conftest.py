@@ -69,7 +69,7 @@ def make_cli(root: Path, *overrides: str, config: Path = CONFIG) -> tuple[DQNCLI
     """``lit_dqn fit --config CONFIG OVERRIDES`` (default: configs/cartpole.yaml) on the CPU, in-process
     and not yet run, writing under ``root``, with a ``StepRecorder`` attached."""
     args = ["--config", str(config), "--trainer.accelerator=cpu", f"--trainer.default_root_dir={root}"]
-    args += [f"--trainer.logger.init_args.save_dir={root}", "--trainer.enable_model_summary=false"]
+    args += ["--trainer.enable_model_summary=false"]
     cli = DQNCLI(DQN, GymDataModule, args=[*args, *overrides], run=False)
     recorder = StepRecorder()
     cli.trainer.callbacks.append(recorder)

@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -6,7 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from lit_dqn import DQN
 
-from .conftest import CONFIG, SHORT_FIT, FitRun, run_cli
+from .conftest import CONFIG, ROOT, SHORT_FIT, FitRun, run_cli
 
 
 def read_events(run_dir) -> EventAccumulator:
@@ -38,6 +41,46 @@ def test_print_config_applies_overrides_and_links_sizes(tmp_path) -> None:
     # sizes are linked from the datamodule at instantiation, never written in a config
     assert "obs_dim" not in config["model"] and "n_actions" not in config["model"]
     assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_default_root_dir_moves_logs_and_checkpoints(tmp_path) -> None:
+    args = ["--config", str(CONFIG), "--trainer.max_steps=20", "--data.warmup_steps=256", "--data.eval_episodes=2"]
+    result = run_cli("fit", *args, "--trainer.default_root_dir=runs/a", "--trainer.val_check_interval=10", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    run_dir = tmp_path / "runs/a/lightning_logs/version_0"
+    assert (run_dir / "checkpoints/last.ckpt").is_file() and (run_dir / "config.yaml").is_file()
+    assert list(run_dir.glob("events.out.tfevents.*")) and (run_dir / "episode_durations.png").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]  # nothing in the current directory
+    # and `--ckpt_path last` looks for the run there
+    again = run_cli(
+        "fit", *args, "--trainer.default_root_dir=runs/a", "--trainer.max_steps=30", "--ckpt_path=last", cwd=tmp_path
+    )
+    assert (
+        again.returncode == 0 and "Resuming from runs/a/lightning_logs/version_0/checkpoints/last.ckpt" in again.stderr
+    )
+
+
+def test_a_fit_prints_no_warnings_and_leaves_the_warning_filters_as_they_were(fit_run: FitRun) -> None:
+    """Lightning's warnings that do not apply to the replay stream are filtered during the fit only:
+    importing lit_dqn adds no filter, and a fit leaves none behind."""
+    assert "Warning" not in fit_run.result.stderr and "deprecated" not in fit_run.result.stderr
+    code = """
+import sys, warnings
+import lightning, torch, gymnasium  # the libraries install their own filters at import
+before = list(warnings.filters)
+from lit_dqn import DQN, GymDataModule
+from lit_dqn.cli import DQNCLI
+assert warnings.filters == before, "import"
+args = ["--config", "configs/cartpole.yaml", "--trainer.max_steps=5", "--data.warmup_steps=256",
+        "--trainer.enable_progress_bar=false", "--trainer.default_root_dir=" + ROOT_DIR]
+cli = DQNCLI(DQN, GymDataModule, args=args, run=False)  # as from Python: no CLI main() around it
+cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+assert warnings.filters == before, [f for f in warnings.filters if f not in before]
+"""
+    code = code.replace("ROOT_DIR", repr(str(fit_run.cwd / "filters")))
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "IterableDataset" not in result.stderr  # filtered while the fit ran
 
 
 def test_fit_writes_tensorboard_scalars_plot_and_checkpoints(fit_run: FitRun) -> None:

@@ -38,6 +38,10 @@ BAD_INPUTS = [
     (["--model.eps_schedule=cosine"], ['"model.eps_schedule"', "exponential", "linear"]),
     (["--model.eps_fraction=0"], ["model.eps_fraction=0", "(0, 1]"]),
     (["--model.eps_schedule=linear", "--trainer.max_steps=-1"], ["model.eps_schedule=linear", "trainer.max_steps=-1"]),
+    (
+        ["--trainer.logger.init_args.save_dir=elsewhere"],
+        ["save_dir follows trainer.default_root_dir", "--trainer.default_root_dir DIR"],
+    ),
     (["--model.dueling=true", "--model.hidden_sizes=[]"], ["model.dueling=true", "model.hidden_sizes"]),
     (["--data.prioritized=true", "--trainer.max_steps=-1"], ["data.prioritized=true", "trainer.max_steps=-1", "> 0"]),
     (["--data.priority_alpha=1.5"], ["data.priority_alpha=1.5", "[0, 1]"]),

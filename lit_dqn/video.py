@@ -1,0 +1,256 @@
+"""Videos of the greedy agent: episodes rendered headless, written as mp4, and shown in TensorBoard.
+
+Frames come from ``render_mode="rgb_array"`` through Gymnasium's ``RenderCollection`` wrapper. The
+``video`` extra (``pip install "lit-dqn[video]"``) brings imageio-ffmpeg, which encodes mp4 with
+its own ffmpeg build; without it the video is an animated GIF (Pillow).
+"""
+
+import copy
+import io
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+import gymnasium as gym
+import lightning as L
+import numpy as np
+import torch
+from gymnasium.wrappers import RenderCollection
+from lightning.pytorch.loggers import TensorBoardLogger
+from PIL import Image
+
+from lit_dqn.checkpoints import read_checkpoint
+from lit_dqn.checks import ConfigError
+
+VIDEO_EXTRA = 'pip install "lit-dqn[video]"'
+
+
+class Recording(NamedTuple):
+    """One recorded episode."""
+
+    path: Path
+    episode_return: float
+    length: int  # env steps; the video has length + 1 frames, the reset frame first
+    fps: float
+
+
+def has_mp4_encoder() -> bool:
+    try:
+        import imageio_ffmpeg  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def make_render_env(env_id: str) -> RenderCollection:
+    """The env drawing ``rgb_array`` frames, each episode's frames collected; one-line error if it cannot draw."""
+    # Off-screen frames need no display; without this, SDL looks for one and prints an error headless.
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    try:
+        env = RenderCollection(gym.make(env_id, render_mode="rgb_array"))
+        env.reset(seed=0)
+        env.render()  # the first draw is where a missing pygame shows
+    except gym.error.DependencyNotInstalled:
+        raise ConfigError(f"drawing {env_id} needs the video extra: {VIDEO_EXTRA}") from None
+    return env
+
+
+def write_video(frames: np.ndarray, stem: Path, fps: float) -> Path:
+    """Write frames ``[T, H, W, 3]`` uint8 to ``stem.mp4`` (H.264), or ``stem.gif`` without imageio-ffmpeg."""
+    if not has_mp4_encoder():
+        path = stem.with_suffix(".gif")
+        path.write_bytes(encode_gif(frames, fps))
+        return path
+    import imageio_ffmpeg
+
+    # H.264 in yuv420p needs even sides: repeat the last row or column where one is odd.
+    _, height, width, _ = frames.shape
+    frames = np.pad(frames, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+    path = stem.with_suffix(".mp4")
+    writer = imageio_ffmpeg.write_frames(
+        str(path),
+        (width + width % 2, height + height % 2),
+        fps=fps,
+        codec="libx264",
+        macro_block_size=1,
+        ffmpeg_log_level="error",
+    )
+    writer.send(None)  # start ffmpeg
+    for frame in frames:
+        writer.send(np.ascontiguousarray(frame))
+    writer.close()
+    return path
+
+
+def encode_gif(frames: np.ndarray, fps: float) -> bytes:
+    """An animated GIF of frames ``[T, H, W, 3]`` uint8, looping."""
+    images = [Image.fromarray(frame) for frame in frames]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+    return buffer.getvalue()
+
+
+def record_episodes(
+    policy: Callable[[np.ndarray], np.ndarray], env_id: str, folder: Path, episodes: int, seed: int, fps: float | None
+) -> tuple[list[Recording], np.ndarray]:
+    """Play ``episodes`` episodes with ``policy`` from env seeds ``seed, seed + 1, ...``, one video each.
+
+    ``policy`` maps observations ``[1, *obs_shape]`` to actions ``[1]``. Returns the recordings and
+    the first episode's frames ``[T, H, W, 3]``, for TensorBoard.
+    """
+    env = make_render_env(env_id)
+    fps = fps or env.metadata.get("render_fps") or 30
+    folder.mkdir(parents=True, exist_ok=True)
+    recordings, first_frames = [], np.zeros((0, 0, 0, 3), dtype=np.uint8)
+    try:
+        for episode in range(episodes):
+            obs, _ = env.reset(seed=seed + episode)
+            episode_return, length, done = 0.0, 0, False
+            while not done:
+                obs, reward, terminated, truncated, _ = env.step(policy(obs[None])[0])
+                episode_return += float(reward)
+                length += 1
+                done = terminated or truncated
+            frames = np.stack(env.render())  # [length + 1, H, W, 3]; clears the collected frames
+            path = write_video(frames, folder / f"episode-{episode}", fps)
+            recordings.append(Recording(path, episode_return, length, fps))
+            if episode == 0:
+                first_frames = frames
+    finally:
+        env.close()
+    return recordings, first_frames
+
+
+def add_video_to_tensorboard(logger: TensorBoardLogger, tag: str, frames: np.ndarray, step: int, fps: float) -> None:
+    """Show frames ``[T, H, W, 3]`` as an animated image in TensorBoard's Images tab, at half size.
+
+    This is what ``SummaryWriter.add_video`` writes, encoded here with Pillow: torch's ``add_video``
+    needs moviepy < 2 (it imports ``moviepy.editor``, which moviepy 2 removed).
+    """
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    frames = frames[:, ::2, ::2]  # [T, H/2, W/2, 3]: a GIF of a 1000-step episode stays a few MB
+    _, height, width, channels = frames.shape
+    image = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=encode_gif(frames, fps))
+    writer = logger.experiment
+    writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+    writer.flush()
+
+
+def policy_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The online Q-network's weights in a checkpoint's ``state_dict``, keyed as in ``DQN.policy_net``."""
+    return {key.removeprefix("policy_net."): value for key, value in state.items() if key.startswith("policy_net.")}
+
+
+def greedy_policy(q_net: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+    """argmax_a Q(s, a) on the CPU, for single observations as the recorder passes them."""
+
+    @torch.inference_mode()
+    def policy(obs: np.ndarray) -> np.ndarray:
+        return q_net(torch.as_tensor(obs, dtype=torch.float32)).argmax(dim=1).numpy()
+
+    return policy
+
+
+class GreedyVideo(L.Callback):
+    """At the end of ``fit``, record greedy episodes of the best checkpoint into the run directory
+    (``videos/<checkpoint name>/episode-N.mp4``, as ``record`` names them) and into TensorBoard
+    (``video/greedy``, the first episode).
+
+    It runs once, after training, so it never slows training. Without the video extra it prints one
+    line and the run ends as usual.
+
+    Args:
+        episodes: episodes to record, from the test env seeds (``data.test_seed`` on), which neither
+            training nor validation used.
+        fps: frames per second of the video; ``None`` takes the env's ``render_fps``.
+    """
+
+    def __init__(self, episodes: int = 1, fps: float | None = None) -> None:
+        self.episodes = episodes
+        self.fps = fps
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        logger = trainer.logger
+        if self.episodes < 1 or not trainer.is_global_zero or logger is None or logger.log_dir is None:
+            return
+        q_net, source = self._best_network(trainer, pl_module)
+        folder = Path(logger.log_dir) / "videos" / source
+        data = trainer.datamodule.hparams
+        try:
+            recordings, frames = record_episodes(
+                greedy_policy(q_net), data.env_id, folder, self.episodes, data.test_seed, self.fps
+            )
+        except ConfigError as error:
+            print(f"No video: {error}", file=sys.stderr)
+            return
+        for recording in recordings:
+            print(
+                f"Recorded {recording.path} (return {recording.episode_return:g}, {recording.length} steps)",
+                file=sys.stderr,
+            )
+        if not has_mp4_encoder():
+            print(f"Videos are GIF: mp4 needs the video extra: {VIDEO_EXTRA}", file=sys.stderr)
+        if isinstance(logger, TensorBoardLogger):
+            add_video_to_tensorboard(logger, "video/greedy", frames, trainer.global_step, recordings[0].fps)
+
+    @staticmethod
+    def _best_network(trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[torch.nn.Module, str]:
+        """A CPU copy of the online network, with the best checkpoint's weights where there is one, and
+        the name of the weights' source: the checkpoint's file name, or ``final``."""
+        q_net = copy.deepcopy(pl_module.policy_net).cpu().eval()
+        checkpoint = trainer.checkpoint_callback
+        best = getattr(checkpoint, "best_model_path", "")
+        if best and Path(best).is_file():
+            q_net.load_state_dict(policy_weights(read_checkpoint(best)["state_dict"]))
+            return q_net, Path(best).stem
+        return q_net, "final"
+
+
+def record_checkpoint(
+    ckpt_path: str,
+    episodes: int = 3,
+    seed: int | None = None,
+    output_dir: str | None = None,
+    fps: float | None = None,
+) -> list[Recording]:
+    """Record greedy episodes of a trained agent as mp4 videos (its checkpoint says which env and network).
+
+    Args:
+        ckpt_path: a checkpoint ``fit`` wrote, e.g. ``lightning_logs/version_0/checkpoints/last.ckpt``.
+        episodes: episodes to record, one video each.
+        seed: env seed of the first episode, the next one seed + 1 and so on (default: the run's
+            ``data.test_seed``, start states neither training nor validation used).
+        output_dir: where the videos go (default: ``videos/<checkpoint name>/`` in the checkpoint's
+            run directory, or beside a checkpoint that is not in a run's ``checkpoints/``).
+        fps: frames per second (default: the env's ``render_fps``).
+    """
+    from lit_dqn.envs import env_spaces
+    from lit_dqn.module import DQN
+
+    if episodes < 1:
+        raise ConfigError(f"episodes={episodes} must be at least 1")
+    if not has_mp4_encoder():
+        raise ConfigError(f"record writes mp4 and needs the video extra: {VIDEO_EXTRA}")
+    checkpoint = read_checkpoint(ckpt_path)
+    data, hparams = checkpoint.get("datamodule_hyper_parameters"), checkpoint.get("hyper_parameters")
+    weights = policy_weights(checkpoint.get("state_dict") or {})
+    if not isinstance(data, dict) or not isinstance(hparams, dict) or not weights:
+        raise ConfigError(
+            f"ckpt_path={ckpt_path!r} is not a checkpoint of python -m lit_dqn fit (no env or network in it)"
+        )
+    env_spaces(data["env_id"])  # a missing env extra fails here, with its name
+    model = DQN(**{key: value for key, value in hparams.items() if not key.startswith("_")})
+    model.policy_net.load_state_dict(weights)
+    path = Path(ckpt_path)
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    folder = Path(output_dir) if output_dir is not None else run_dir / "videos" / path.stem
+    seed = data.get("test_seed", 0) if seed is None else seed
+    recordings, _ = record_episodes(greedy_policy(model.policy_net.eval()), data["env_id"], folder, episodes, seed, fps)
+    for recording in recordings:
+        print(f"Recorded {recording.path} (return {recording.episode_return:g}, {recording.length} steps)")
+    mean = sum(r.episode_return for r in recordings) / len(recordings)
+    print(f"{data['env_id']}: mean return {mean:g} over {len(recordings)} greedy episode(s) from env seed {seed}")
+    return recordings

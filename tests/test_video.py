@@ -1,0 +1,176 @@
+"""Videos of the greedy agent (``GreedyVideo`` in fit, ``python -m lit_dqn record``) and the run plot."""
+
+import importlib.util
+import io
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from matplotlib.figure import Figure
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lit_dqn import video
+from lit_dqn.envs import missing_extra
+from lit_dqn.plots import Validation, plot_episodes
+
+from .conftest import ROOT, FitRun, run_cli
+
+SHORTEST = ("--trainer.max_steps=20", "--data.warmup_steps=256", "--trainer.enable_progress_bar=false")
+RECORDED = re.compile(r"Recorded (\S+) \(return ([-\d.e+]+), (\d+) steps\)")
+
+
+def gif_frames(gif: Image.Image, fps: float = 50) -> int:
+    """Frames shown by a GIF at ``fps`` (CartPole's 50): Pillow merges identical frames into one longer one."""
+    total_ms = 0
+    for index in range(gif.n_frames):
+        gif.seek(index)
+        total_ms += gif.info["duration"]
+    return round(total_ms * fps / 1000)
+
+
+def video_frames(path: Path) -> tuple[int, tuple[int, int]]:
+    """Frame count and (width, height) of an mp4 or GIF, read back from the file."""
+    if path.suffix == ".gif":
+        with Image.open(path) as image:
+            return gif_frames(image), image.size
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(str(path))
+    meta = next(reader)
+    return sum(1 for _ in reader), tuple(meta["size"])
+
+
+def test_fit_leaves_a_video_of_the_best_checkpoint_and_shows_it_in_tensorboard(fit_run: FitRun) -> None:
+    recorded = RECORDED.findall(fit_run.result.stderr)
+    assert len(recorded) == 1, fit_run.result.stderr[-2000:]  # configs/cartpole.yaml: episodes: 1
+    path, _, steps = recorded[0]
+    path = fit_run.cwd / path
+    best = next((fit_run.run_dir / "checkpoints").glob("best-*.ckpt"))
+    assert path.parent == fit_run.run_dir / "videos" / best.stem  # the best checkpoint, not the last weights
+    assert path.suffix == (".mp4" if video.has_mp4_encoder() else ".gif")
+    # CartPole draws 600x400 frames: one after reset and one per step
+    assert video_frames(path) == (int(steps) + 1, (600, 400))
+
+    events = EventAccumulator(str(fit_run.run_dir), size_guidance={"images": 0})
+    events.Reload()
+    [animation] = events.Images("video/greedy")
+    with Image.open(io.BytesIO(animation.encoded_image_string)) as gif:
+        assert (gif_frames(gif), gif.size) == (int(steps) + 1, (300, 200))  # half size in TensorBoard
+
+
+def test_record_plays_a_bare_checkpoint_with_no_config(fit_run: FitRun, tmp_path: Path) -> None:
+    pytest.importorskip("imageio_ffmpeg", reason="record writes mp4: the video extra")
+    ckpt = tmp_path / "agent.ckpt"
+    shutil.copy(next((fit_run.run_dir / "checkpoints").glob("best-*.ckpt")), ckpt)  # alone: no run directory
+    result = run_cli("record", str(ckpt), "--episodes", "2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    recorded = RECORDED.findall(result.stdout)
+    assert [Path(p).name for p, _, _ in recorded] == ["episode-0.mp4", "episode-1.mp4"]
+    for path, episode_return, steps in recorded:
+        assert Path(path).parent == tmp_path / "videos" / "agent"
+        assert video_frames(Path(path)) == (int(steps) + 1, (600, 400))
+        assert float(episode_return) == int(steps)  # CartPole: +1 per step
+    # the same greedy policy from the same env seeds (the run's test seeds) plays the same episodes
+    again = run_cli("record", str(ckpt), "--episodes", "1", "--output_dir", "again", cwd=tmp_path)
+    assert RECORDED.findall(again.stdout)[0][1:] == recorded[0][1:]
+    assert "mean return" in result.stdout and "from env seed 2000000" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["missing.ckpt"], "ckpt_path='missing.ckpt' does not exist"),
+        (["CKPT", "--episodes", "0"], "episodes=0 must be at least 1"),
+        (["CKPT", "--episodes", "two"], "episodes"),
+        ([], "ckpt_path"),
+    ],
+)
+def test_record_bad_input_is_one_line(fit_run: FitRun, tmp_path: Path, args: list[str], message: str) -> None:
+    ckpt = str(fit_run.run_dir / "checkpoints" / "last.ckpt")
+    result = run_cli("record", *[ckpt if a == "CKPT" else a for a in args], cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("lit_dqn record: error:") and message in line, line
+
+
+def test_without_the_video_extra_record_names_it_and_fit_writes_gif(fit_run: FitRun, tmp_path: Path) -> None:
+    """imageio-ffmpeg blocked at import: ``record`` stops with one line naming the extra; ``fit`` falls back to GIF."""
+    ckpt = str(fit_run.run_dir / "checkpoints" / "last.ckpt")
+    code = "import sys; sys.modules['imageio_ffmpeg'] = None\nfrom lit_dqn.cli import main\nsys.exit(main())\n"
+    record = subprocess.run(
+        [sys.executable, "-c", code, "record", ckpt], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert record.returncode == 2 and record.stderr.strip().splitlines() == [
+        'lit_dqn record: error: record writes mp4 and needs the video extra: pip install "lit-dqn[video]"'
+    ]
+    fit = subprocess.run(
+        [sys.executable, "-c", code, "fit", "--config", str(ROOT / "configs/cartpole.yaml"), *SHORTEST],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert fit.returncode == 0, fit.stderr[-2000:]
+    [(path, _, steps)] = RECORDED.findall(fit.stderr)
+    assert path.endswith("videos/final/episode-0.gif")  # no validation ran: the final weights
+    assert video_frames(tmp_path / path) == (int(steps) + 1, (600, 400))
+    assert 'Videos are GIF: mp4 needs the video extra: pip install "lit-dqn[video]"' in fit.stderr
+
+
+def test_odd_sized_frames_are_padded_for_h264(tmp_path: Path) -> None:
+    pytest.importorskip("imageio_ffmpeg", reason="mp4 needs the video extra")
+    frames = np.random.default_rng(0).integers(0, 255, size=(5, 21, 33, 3), dtype=np.uint8)
+    path = video.write_video(frames, tmp_path / "odd", fps=10)
+    assert video_frames(path) == (5, (34, 22))
+
+
+def test_plot_shows_greedy_validation_threshold_and_kept_checkpoint(tmp_path: Path) -> None:
+    validations = [Validation(10, 300, 40.0, 5.0), Validation(25, 600, 480.0, 10.0), Validation(30, 900, 300.0, 9.0)]
+    figure = plot_episodes(
+        [10.0] * 30, [10] * 30, tmp_path / "plot.png", validations, threshold=475, kept=validations[1]
+    )
+    assert isinstance(figure, Figure) and (tmp_path / "plot.png").stat().st_size > 10_000
+    return_ax = figure.axes[0]
+    lines = {line.get_label(): line for line in return_ax.get_lines()}
+    greedy = lines["greedy validation (mean ± std)"]
+    assert greedy.get_xdata().tolist() == [10, 25, 30] and greedy.get_ydata().tolist() == [40.0, 480.0, 300.0]
+    assert lines["kept checkpoint (step 600)"].get_xydata().tolist() == [[25.0, 480.0]]
+    assert list(lines["solved at 475"].get_ydata()) == [475, 475]
+    [band] = return_ax.collections  # mean ± std
+    assert band.get_paths()[0].vertices[:, 1].min() == pytest.approx(35.0)
+
+
+def test_fit_plot_history_matches_tensorboard_and_the_kept_checkpoint(fit_run: FitRun) -> None:
+    """The plot's validations are the ones TensorBoard logged, and they are in the checkpoint for a resume."""
+    events = EventAccumulator(str(fit_run.run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    logged = [(e.step, e.value) for e in events.Scalars("val/return_mean")]
+    state = torch.load(fit_run.run_dir / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]["TrainingPlot"]
+    saved = [Validation(*v) for v in state["validations"]]
+    # Lightning logs a validation at the index of the last update (step - 1)
+    assert [(v.step - 1, v.mean) for v in saved] == [(step, pytest.approx(value)) for step, value in logged]
+    assert len(saved) == 2 and 0 < saved[0].episodes < saved[1].episodes
+    best = next((fit_run.run_dir / "checkpoints").glob("best-*.ckpt"))
+    assert f"{max(v.mean for v in saved):.1f}" in best.name
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_env_records(config: Path, tmp_path: Path) -> None:
+    """Each config's env draws headless and encodes (a fixed action stands in for the agent)."""
+    env_id = yaml.safe_load(config.read_text())["data"]["env_id"]
+    if missing_extra(env_id) is not None and importlib.util.find_spec("Box2D") is None:
+        pytest.skip(f"{env_id} needs its extra")
+    recordings, frames = video.record_episodes(
+        lambda obs: np.zeros(len(obs), dtype=np.int64), env_id, tmp_path, 1, 0, None
+    )
+    [recording] = recordings
+    assert recording.length >= 1 and frames.shape[0] == recording.length + 1 and frames.dtype == np.uint8
+    height, width = frames.shape[1:3]
+    assert video_frames(recording.path) == (recording.length + 1, (width + width % 2, height + height % 2))
