@@ -9,6 +9,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 
+from lit_dqn.distributed import world
+
 
 class EpisodeProgressBar(TQDMProgressBar):
     """Lightning's tqdm bar plus the episode count, the last episode's return and duration, their
@@ -35,12 +37,15 @@ class GracefulStop(L.Callback):
     holds the state training ended in (signal, ``max_steps``, ``max_episodes`` or early stopping).
 
     The signal only sets ``trainer.should_stop``, so the step in progress finishes and the saved
-    state is consistent (buffer, counters, optimizer and target network all after the same update);
-    a second Ctrl-C interrupts at once, as usual. ``signum`` tells the CLI which signal ended the run.
+    state is consistent (buffer, counters, optimizer and target network all after the same update).
+    With several ranks (DDP) the request waits for the next step's start, where the module shares it
+    with every rank, so all stop after the same update. A second Ctrl-C interrupts at once, as usual.
+    ``signum`` tells the CLI which signal ended the run.
     """
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self._requested = False
         self._previous: dict[int, Any] = {}
         self._saved_step: int | None = None
 
@@ -55,10 +60,16 @@ class GracefulStop(L.Callback):
         for signum in (signal.SIGINT, signal.SIGTERM):
             self._previous[signum] = signal.signal(signum, self._make_handler(trainer))
 
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if self._requested:
+            trainer.should_stop = True  # with several ranks, the module shares it with all of them next
+
     def _make_handler(self, trainer: L.Trainer):
         def handler(signum: int, frame: Any) -> None:
             self.signum = signum
-            trainer.should_stop = True
+            self._requested = True
+            if world()[1] == 1:
+                trainer.should_stop = True  # one process: stop after the step in progress
             signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C interrupts now
             print(f"\nReceived {signal.Signals(signum).name}: stopping after this step", file=sys.stderr)
 
@@ -69,10 +80,10 @@ class GracefulStop(L.Callback):
         checkpoint = trainer.checkpoint_callback
         if checkpoint is None or checkpoint.dirpath is None or not checkpoint.save_last:
             return
-        if self.signum is None and self._saved_step == trainer.global_step:
-            return  # the last validation already saved this very state
         path = Path(checkpoint.dirpath) / f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}"
-        trainer.save_checkpoint(path, weights_only=False)  # the full state, to resume from
+        # Unless the last validation saved this very state (on every rank alike: all ranks must save).
+        if self._saved_step != trainer.global_step:
+            trainer.save_checkpoint(path, weights_only=False)  # the full state, to resume from
         if self.signum is not None:
             print(f"Saved {path} at step {trainer.global_step}; resume with --ckpt_path last", file=sys.stderr)
 

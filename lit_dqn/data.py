@@ -24,6 +24,7 @@ from lit_dqn.checks import (
     check_max_steps_for,
     check_positive,
 )
+from lit_dqn.distributed import episode_share, gather_to_rank_zero, rank_seed, world
 from lit_dqn.envs import env_spaces
 from lit_dqn.prioritized import PrioritizedReplayBuffer
 from lit_dqn.rollout import EnvRunner, ExplorationPolicy, GreedyPolicy, evaluate
@@ -232,7 +233,9 @@ class GymDataModule(L.LightningDataModule):
     def _make_dataset(self) -> ReplayDataset:
         hp = self.hparams
         device = self.trainer.lightning_module.device if self.trainer is not None else torch.device("cpu")
-        buffer_seed, runner_seed = np.random.SeedSequence(self._seed()).spawn(2)
+        rank, world_size = world()
+        seed = rank_seed(self._seed(), rank, world_size)
+        buffer_seed, runner_seed = np.random.SeedSequence(seed).spawn(2)
         kwargs = {"device": device, "seed": int(buffer_seed.generate_state(1)[0]), "n_step": hp.n_step}
         if hp.prioritized:
             self.buffer = PrioritizedReplayBuffer(
@@ -249,8 +252,9 @@ class GymDataModule(L.LightningDataModule):
         self.runner = EnvRunner(envs, self.buffer, seed=int(runner_seed.generate_state(1)[0]))
         saved = "saved in every checkpoint" if hp.save_replay_buffer else "not saved in checkpoints"
         kind = "Prioritized replay buffer" if hp.prioritized else "Replay buffer"
+        per_rank = f" on each of {world_size} ranks" if world_size > 1 else ""
         rank_zero_info(
-            f"{kind}: {hp.buffer_capacity} transitions, {self.buffer.nbytes / 2**20:.1f} MiB on {device}; "
+            f"{kind}: {hp.buffer_capacity} transitions, {self.buffer.nbytes / 2**20:.1f} MiB on {device}{per_rank}; "
             f"{saved} (data.save_replay_buffer)"
         )
         policy = self.trainer.lightning_module.act
@@ -258,7 +262,7 @@ class GymDataModule(L.LightningDataModule):
             self.runner, policy, hp.batch_size, hp.warmup_steps, hp.updates_per_step, beta=self._beta_schedule()
         )
         if self._resume_state is not None:
-            self._restore(dataset, self._resume_state)
+            self._restore(dataset, self._rank_state(self._resume_state))
             self._resume_state = None
         return dataset
 
@@ -281,10 +285,19 @@ class GymDataModule(L.LightningDataModule):
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def _eval_dataloader(self, stage: str, seed: int) -> DataLoader:
+        """Greedy episodes from env seeds ``seed, seed + 1, ...``; with several ranks each plays its
+        share of them (``distributed.episode_share``), and the module reduces the returns."""
+        rank, world_size = world()
+        offset, count = episode_share(self.hparams.eval_episodes, rank, world_size)
+        if count == 0:
+            raise ConfigError(
+                f"data.eval_episodes={self.hparams.eval_episodes} must be at least the number of processes "
+                f"({world_size}): each plays its share of the evaluation episodes"
+            )
         if stage not in self._eval_envs:
             # ``vectorization_mode=None`` picks the env's batched implementation when it has one.
-            self._eval_envs[stage] = gym.make_vec(self.hparams.env_id, num_envs=self.hparams.eval_episodes)
-        dataset = EvaluationDataset(self._eval_envs[stage], self.trainer.lightning_module.greedy_actions, seed)
+            self._eval_envs[stage] = gym.make_vec(self.hparams.env_id, num_envs=count)
+        dataset = EvaluationDataset(self._eval_envs[stage], self.trainer.lightning_module.greedy_actions, seed + offset)
         return DataLoader(dataset, batch_size=None, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:
@@ -294,18 +307,37 @@ class GymDataModule(L.LightningDataModule):
         return self._eval_dataloader("test", self.hparams.test_seed)
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything the replay stream needs to continue exactly: buffer, counters and RNG streams."""
+        """Everything the replay stream needs to continue exactly: buffer, counters and RNG streams.
+
+        With several ranks (DDP), every rank's state, gathered into the one checkpoint file rank 0
+        writes, so a checkpoint is complete or absent, never half a set. Lightning asks every rank
+        for its state at each save, which makes the gather safe.
+        """
         if self.dataset is None:
             return {}
         state = {"batches": self.dataset.batches, "runner": self.runner.state_dict()}
         if self.hparams.save_replay_buffer:
             state["buffer"] = self.buffer.state_dict()
-        return state
+        if world()[1] == 1:
+            return state
+        return {"ranks": gather_to_rank_zero(state)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Keep the state until the env and buffer exist: Lightning restores datamodules before
         the model has moved to its device, and the buffer must be created there."""
         self._resume_state = state or None
+
+    @staticmethod
+    def _rank_state(state: dict[str, Any]) -> dict[str, Any]:
+        """This rank's part of a saved state; resuming needs the world size the state was saved with."""
+        rank, world_size = world()
+        saved = len(state["ranks"]) if "ranks" in state else 1
+        if saved != world_size:
+            raise ConfigError(
+                f"the checkpoint holds the replay streams of {saved} process(es), this run has {world_size}: "
+                f"resume with the same trainer.devices x trainer.num_nodes, or start a new run from its weights"
+            )
+        return state["ranks"][rank] if "ranks" in state else state
 
     def _restore(self, dataset: ReplayDataset, state: dict[str, Any]) -> None:
         self.runner.load_state_dict(state["runner"])

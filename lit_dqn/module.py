@@ -22,6 +22,7 @@ from lit_dqn.checks import (
     check_sizes,
 )
 from lit_dqn.data import ReplayBatch
+from lit_dqn.distributed import gather_objects, sum_over_ranks, world
 from lit_dqn.exploration import exponential_epsilon, linear_epsilon
 from lit_dqn.losses import td_errors, td_loss, td_targets
 from lit_dqn.networks import DuelingQNetwork, QNetwork, soft_update
@@ -111,7 +112,12 @@ class DQN(L.LightningModule):
         self._soft_update_pairs: tuple[list[Tensor], list[Tensor]] = ([], [])  # (target, online), see on_train_start
         self._loss_finite: Tensor | None = None  # every TD loss since the last check was finite
         self._updates_checked = 0  # updates whose loss is known to be finite
+        self._world_size = 1  # processes training together (DDP ranks), from on_train_start
         self.progress: dict[str, float] = {}  # shown by lit_dqn.callbacks.EpisodeProgressBar
+        # Several ranks (DDP): this rank's episodes not yet gathered, and the job's totals over all
+        # ranks, agreed every step (see _sync_ranks).
+        self._pending_episodes: list[tuple[float, int]] = []
+        self.job_episodes = self.job_env_steps = 0
 
     def forward(self, obs: Tensor) -> Tensor:
         """Q-values ``[B, n_actions]`` of observations ``[B, obs_dim]``."""
@@ -155,18 +161,37 @@ class DQN(L.LightningModule):
         return actions, eps
 
     def on_train_batch_start(self, batch: ReplayBatch, batch_idx: int) -> None:
-        """Record the episodes that ended while this batch was collected."""
+        """Record the episodes that ended while this batch was collected.
+
+        With several ranks they wait on this rank until a logging step, when every rank's episodes
+        are gathered and recorded in rank order (one collective per logging step, not per episode).
+        """
         if batch.episode_lengths:
-            self._record_episodes(batch.episode_returns, batch.episode_lengths)
-            self.progress["episodes"] = batch.episodes
+            if self._world_size == 1:
+                self._record_episodes(batch.episode_returns, batch.episode_lengths)
+                self.progress["episodes"] = batch.episodes
+            else:
+                self._pending_episodes.extend(zip(batch.episode_returns, batch.episode_lengths, strict=True))
             self.progress["return"] = batch.episode_returns[-1]
             self.progress["duration"] = batch.episode_lengths[-1]
         self.progress["eps"] = round(batch.epsilon, 3)
+        if self._world_size > 1:
+            self._sync_ranks(batch.episodes, batch.env_steps)
         if self._is_logging_step(batch_idx):
+            self._gather_episodes()
             self._log_episode_means()
         max_episodes = self.hparams.max_episodes
-        if max_episodes is not None and batch.episodes >= max_episodes:
+        if max_episodes is not None and self._world_size == 1 and batch.episodes >= max_episodes:
             self.trainer.should_stop = True
+
+    def _gather_episodes(self) -> None:
+        """Record every rank's episodes that ended since the last call, in rank order (DDP only)."""
+        if self._world_size == 1:
+            return
+        for pending in gather_objects(self._pending_episodes):
+            if pending:
+                self._record_episodes(*zip(*pending, strict=True))
+        self._pending_episodes = []
 
     def _record_episodes(self, returns: Sequence[float], lengths: Sequence[int]) -> None:
         """Log each episode's return and duration at its episode index (the tutorial's x axis)."""
@@ -227,8 +252,8 @@ class DQN(L.LightningModule):
                     "train/q_mean": q_values.detach().mean(),
                     "train/epsilon": batch.epsilon,
                     "train/replay_size": float(batch.replay_size),
-                    "train/env_steps": float(batch.env_steps),
-                    "train/episodes": float(batch.episodes),
+                    "train/env_steps": float(batch.env_steps if self._world_size == 1 else self.job_env_steps),
+                    "train/episodes": float(batch.episodes if self._world_size == 1 else self.job_episodes),
                 },
                 batch_size=obs.shape[0],
             )
@@ -274,6 +299,7 @@ class DQN(L.LightningModule):
         restored optimizer state carries the one it was saved with, which would silently win.
         """
         self._soft_update_pairs = (list(self.target_net.parameters()), list(self.policy_net.parameters()))
+        self._world_size = world()[1]
         self._loss_finite = torch.ones((), dtype=torch.bool, device=self.device)
         self._updates_checked = self.global_step
         for group in self.optimizers(use_pl_optimizer=False).param_groups:
@@ -284,15 +310,31 @@ class DQN(L.LightningModule):
         if self.global_step % self.hparams.target_update_interval == 0:
             soft_update(*self._soft_update_pairs, self.hparams.tau)
 
+    def _sync_ranks(self, episodes: int, env_steps: int) -> None:
+        """One small all-reduce per step (DDP): the job's episodes and env steps (summed over ranks),
+        and whether any rank must stop (Ctrl-C, SIGTERM, ``max_episodes``). Stop requests take
+        effect here, before the update, so every rank stops after the same update: a rank that
+        stopped alone would leave the others waiting in DDP's gradient all-reduce."""
+        trainer = self.trainer
+        stop, episodes, env_steps = sum_over_ranks([float(trainer.should_stop), episodes, env_steps], self.device)
+        self.job_episodes, self.job_env_steps = int(episodes), int(env_steps)
+        self.progress["episodes"] = self.job_episodes
+        max_episodes = self.hparams.max_episodes
+        trainer.should_stop = stop > 0 or (max_episodes is not None and self.job_episodes >= max_episodes)
+
     def on_train_end(self) -> None:
         """Log the 100-episode means of the final episodes, so the curves end where training did, and
         report a loss that went non-finite after the last check."""
+        self._gather_episodes()
         self._log_episode_means()
         self._check_loss_finite()
 
     def on_validation_start(self) -> None:
-        """Stop before scoring ruined weights: with logging off, validation is the regular check."""
+        """Stop before scoring ruined weights: with logging off, validation is the regular check. Record
+        every rank's episodes so far, so a plot places this validation at the job's episode count."""
         self._check_loss_finite()
+        if self.trainer.state.fn == "fit":
+            self._gather_episodes()
 
     def validation_step(self, returns: Tensor, batch_idx: int) -> None:
         self._log_returns("val", returns)
@@ -301,10 +343,24 @@ class DQN(L.LightningModule):
         self._log_returns("test", returns)
 
     def _log_returns(self, stage: str, returns: Tensor) -> None:
+        """Mean and std of the greedy returns; with several ranks, over every rank's share of the episodes,
+        so each rank's EarlyStopping and ModelCheckpoint see the same value."""
+        world_size = world()[1]
+        if world_size == 1:
+            mean, std, count = returns.mean(), returns.std(unbiased=False), returns.numel()
+        else:
+            total, squares, count = sum_over_ranks(
+                [returns.sum().item(), returns.square().sum().item(), returns.numel()], self.device
+            )
+            mean = torch.tensor(total / count, dtype=torch.float32)
+            std = torch.tensor(math.sqrt(max(squares / count - (total / count) ** 2, 0.0)), dtype=torch.float32)
+        # With several ranks the values are already the job's, the same on every rank, and so is the
+        # batch size: Lightning's sync then leaves them as they are.
         self.log_dict(
-            {f"{stage}/return_mean": returns.mean(), f"{stage}/return_std": returns.std(unbiased=False)},
+            {f"{stage}/return_mean": mean, f"{stage}/return_std": std},
             prog_bar=True,
-            batch_size=returns.numel(),
+            batch_size=int(count),
+            sync_dist=world_size > 1,
         )
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -317,6 +373,7 @@ class DQN(L.LightningModule):
         """Refuse to save non-finite weights; keep the episode history, so a resumed run continues
         its curves and its 100-episode mean."""
         self._check_loss_finite()
+        self._gather_episodes()  # every rank saves (Lightning dumps the checkpoint on each), so all gather
         checkpoint["episode_durations"] = list(self.episode_durations)
         checkpoint["episode_returns"] = list(self.episode_returns)
 

@@ -51,9 +51,14 @@ def make_render_env(env_id: str) -> RenderCollection:
     try:
         env = RenderCollection(gym.make(env_id, render_mode="rgb_array"))
         env.reset(seed=0)
-        env.render()  # the first draw is where a missing pygame shows
+        frames = env.render()  # the first draw is where a missing pygame shows
     except gym.error.DependencyNotInstalled:
         raise ConfigError(f"drawing {env_id} needs the video extra: {VIDEO_EXTRA}") from None
+    except (TypeError, ValueError, gym.error.Error) as error:  # an env with no rgb_array rendering
+        raise ConfigError(f"{env_id} cannot draw rgb_array frames: {str(error).splitlines()[0]}") from None
+    if not frames or not isinstance(frames[-1], np.ndarray) or frames[-1].ndim != 3:
+        env.close()
+        raise ConfigError(f"{env_id} cannot draw rgb_array frames (its render() returned no image)")
     return env
 
 

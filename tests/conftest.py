@@ -2,6 +2,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import lightning as L
 import pytest
@@ -70,7 +71,8 @@ def make_cli(root: Path, *overrides: str, config: Path = CONFIG) -> tuple[DQNCLI
     and not yet run, writing under ``root``, with a ``StepRecorder`` attached."""
     args = ["--config", str(config), "--trainer.accelerator=cpu", f"--trainer.default_root_dir={root}"]
     args += ["--trainer.enable_model_summary=false"]
-    cli = DQNCLI(DQN, GymDataModule, args=[*args, *overrides], run=False)
+    with mock.patch.object(sys, "argv", ["lit_dqn"]):  # pytest's own arguments are not the CLI's
+        cli = DQNCLI(DQN, GymDataModule, args=[*args, *overrides], run=False)
     recorder = StepRecorder()
     cli.trainer.callbacks.append(recorder)
     return cli, recorder

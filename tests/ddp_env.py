@@ -1,0 +1,58 @@
+"""Helpers the DDP tests load in every rank's process: an env whose episodes all last exactly 10
+steps, so every rank is between episodes at the same update (where a resume is exact), and a
+callback that writes what each rank saw."""
+
+from pathlib import Path
+
+import gymnasium as gym
+import lightning as L
+import numpy as np
+import torch
+
+EPISODE_LENGTH = 10
+
+
+class Corridor(gym.Env):
+    """Random observations; reward 1 for the action that matches the first coordinate's sign."""
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(4,), dtype=np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self._obs = self.np_random.standard_normal(4).astype(np.float32)
+        return self._obs, {}
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        reward = float(int(action) == int(self._obs[0] > 0))
+        self._obs = self.np_random.standard_normal(4).astype(np.float32)
+        return self._obs, reward, False, False, {}
+
+
+gym.register("Corridor-v0", entry_point=Corridor, max_episode_steps=EPISODE_LENGTH)
+
+
+class RankProbe(L.Callback):
+    """Per rank, write ``rank{N}.pt``: the losses of the steps this process ran, the final weights,
+    the rank's own counters and the start of its replay buffer."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = Path(out_dir)
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.append(outputs["loss"].item())
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        runner = trainer.datamodule.runner
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        state = {
+            "losses": self.losses,
+            "state_dict": {k: v.clone() for k, v in pl_module.state_dict().items()},
+            "env_steps": runner.env_steps,
+            "episodes": runner.episodes,
+            "obs": runner.buffer.state_dict()["storage"]["obs"][:64].clone(),
+            "job": (pl_module.job_episodes, pl_module.job_env_steps),
+            "history": list(pl_module.episode_durations),
+        }
+        torch.save(state, self.out_dir / f"rank{trainer.global_rank}.pt")
