@@ -138,8 +138,9 @@ class GymDataModule(L.LightningDataModule):
             a batch is sampled); 1 is the tutorial's one-step target. Larger values carry rewards
             back faster at the cost of some bias from the older, more exploratory actions.
         seed: seeds env resets, exploration and buffer sampling; ``None`` takes the run's
-            ``seed_everything`` seed (``torch.initial_seed()``).
-        eval_episodes: greedy episodes per validation or test run.
+            ``seed_everything`` seed (``torch.initial_seed()``). Under DDP each rank derives its own
+            from it and its rank, and owns its envs and buffer (``lit_dqn.distributed``).
+        eval_episodes: greedy episodes per validation or test run; under DDP the ranks share them.
         val_seed: first env seed of the validation episodes.
         test_seed: first env seed of the test episodes, distinct from validation so a checkpoint
             chosen on validation is tested on start states it was not chosen for.

@@ -55,10 +55,13 @@ class DQN(L.LightningModule):
             ``eps_fraction`` of the env steps that ``trainer.max_steps`` updates take, then flat).
         eps_decay: time constant of the exponential schedule, in env steps.
         eps_fraction: share of training the linear schedule spans (SB3's ``exploration_fraction``).
+            Under DDP both schedules follow each rank's own env steps, so each rank explores as one
+            process would over the same updates.
         double_dqn: pick the next action with the online network and evaluate it with the target
             network (van Hasselt et al., 2016), which curbs Q-value over-estimation.
         dueling: a dueling Q-network, Q = V + A − mean(A) (Wang et al., 2016), instead of a plain MLP.
-        max_episodes: stop training after this many episodes (``None``: stop on the Trainer's limits).
+        max_episodes: stop training after this many episodes, counted over all DDP ranks (``None``:
+            stop on the Trainer's limits).
     """
 
     def __init__(

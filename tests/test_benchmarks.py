@@ -56,3 +56,18 @@ def test_replay_benchmark_prints_uniform_and_prioritized_costs() -> None:
         costs = [float(row[i]) for i in (1, 3, 5, 7)]
         assert all(c > 0 for c in costs) and costs[3] == pytest.approx(costs[1] + costs[2], abs=1.5)
         assert row[9].endswith("x")
+
+
+def test_ddp_benchmark_compares_one_and_two_processes() -> None:
+    out = run_script(
+        "benchmarks/ddp.py", "--steps", "40", "--warmup", "10", "--rounds", "1", "--seeds", "0",
+        "--", "--trainer.max_steps=120", "--trainer.val_check_interval=60", "--data.warmup_steps=256",
+        "--data.eval_episodes=4",
+    )  # fmt: skip
+    rows = [line.split() for line in out.splitlines() if line.split() and line.split()[0] in ("1", "2")]
+    throughput = [row for row in rows if len(row) == 4]
+    assert [(row[0], row[3]) for row in throughput] == [("1", "256"), ("2", "512")], out
+    solve = [row for row in rows if len(row) == 6]
+    assert [(row[0], row[1]) for row in solve] == [("1", "0"), ("2", "0")], out
+    for processes, _, _, updates, env_steps, _ in solve:  # at the best validation, after 60 or 120 updates
+        assert updates in ("60", "120") and int(env_steps) == int(processes) * (256 + int(updates)), out
