@@ -16,10 +16,10 @@ class Transitions(NamedTuple):
     ``steps``), and ``next_obs``/``terminated`` belong to the last of those steps.
     """
 
-    obs: Tensor  # [B, *obs_shape] float32
+    obs: Tensor  # [B, *obs_shape] in the buffer's obs_dtype (float32, or uint8 / bool frames)
     actions: Tensor  # [B] int64
     rewards: Tensor  # [B] or [B, n] float32
-    next_obs: Tensor  # [B, *obs_shape] float32
+    next_obs: Tensor  # [B, *obs_shape] like obs
     terminated: Tensor  # [B] bool
     steps: Tensor | None = None  # [B] int64 in 1..n: rewards summed before bootstrapping
     indices: Tensor | None = None  # [B] int64 buffer slots, for prioritized replay's priority updates
@@ -49,6 +49,7 @@ class ReplayBuffer:
         seed: int | None = None,
         n_step: int = 1,
         num_envs: int = 1,
+        obs_dtype: torch.dtype = torch.float32,
     ) -> None:
         if capacity <= 0:
             raise ValueError(f"ReplayBuffer capacity must be > 0, got {capacity}")
@@ -57,7 +58,9 @@ class ReplayBuffer:
         self.capacity = capacity
         self.n_step = n_step
         self.device = torch.device(device)
-        self.obs = torch.zeros((capacity, *obs_shape), dtype=torch.float32, device=self.device)
+        # Observations keep the env's dtype where it is compact (uint8 or bool frames: 4× or more
+        # smaller than float32); the Q-network makes them float on the device.
+        self.obs = torch.zeros((capacity, *obs_shape), dtype=obs_dtype, device=self.device)
         self.next_obs = torch.zeros_like(self.obs)
         self.actions = torch.zeros(capacity, dtype=torch.long, device=self.device)
         self.rewards = torch.zeros(capacity, dtype=torch.float32, device=self.device)
@@ -105,10 +108,10 @@ class ReplayBuffer:
             idx: slice | Tensor = slice(self.pos, self.pos + n)
         else:
             idx = torch.arange(self.pos, self.pos + n, device=self.device) % self.capacity
-        self.obs[idx] = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        self.obs[idx] = torch.as_tensor(obs, dtype=self.obs.dtype, device=self.device)
         self.actions[idx] = actions.long()
         self.rewards[idx] = torch.as_tensor(rewards, dtype=torch.float32, device=self.device)
-        self.next_obs[idx] = torch.as_tensor(next_obs, dtype=torch.float32, device=self.device)
+        self.next_obs[idx] = torch.as_tensor(next_obs, dtype=self.obs.dtype, device=self.device)
         self.terminated[idx] = torch.as_tensor(terminated, dtype=torch.bool, device=self.device)
         if self.n_step > 1:
             self.next_index[idx] = -1

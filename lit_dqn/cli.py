@@ -46,6 +46,7 @@ class DQNCLI(LightningCLI):
         # go where --trainer.default_root_dir says, as Lightning documents it.
         parser.link_arguments("data.obs_dim", "model.obs_dim", apply_on="instantiate")
         parser.link_arguments("data.n_actions", "model.n_actions", apply_on="instantiate")
+        parser.link_arguments("data.obs_shape", "model.obs_shape", apply_on="instantiate")
         parser.link_arguments("trainer.default_root_dir", "trainer.logger.init_args.save_dir", _root_or_cwd)
 
     def parse_arguments(self, parser, args) -> None:

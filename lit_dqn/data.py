@@ -127,7 +127,8 @@ class GymDataModule(L.LightningDataModule):
     """Gymnasium env, replay buffer and evaluation episodes for DQN.
 
     Args:
-        env_id: any registered Gymnasium env with ``Discrete`` actions and a flat ``Box`` observation.
+        env_id: any registered Gymnasium env with ``Discrete`` actions and a flat ``Box`` observation,
+            or an image one (uint8 or bool, e.g. ``MinAtar/Breakout-v1`` with the minatar extra).
         num_envs: sub-envs stepped together (each vector step adds ``num_envs`` transitions).
         batch_size: transitions per sampled batch.
         buffer_capacity: replay buffer size; the oldest transitions are overwritten.
@@ -209,6 +210,18 @@ class GymDataModule(L.LightningDataModule):
         return int(np.prod(self.observation_space.shape))
 
     @property
+    def obs_shape(self) -> list[int]:
+        """The observation's shape: ``[obs_dim]``, or an image's three dimensions (the Q-network then
+        starts with a CNN)."""
+        return list(self.observation_space.shape)
+
+    @property
+    def obs_dtype(self) -> torch.dtype:
+        """How replay stores observations: frames as the env gives them (uint8 or bool), else float32."""
+        dtype = self.observation_space.dtype
+        return {np.dtype(np.uint8): torch.uint8, np.dtype(np.bool_): torch.bool}.get(dtype, torch.float32)
+
+    @property
     def n_actions(self) -> int:
         """Number of discrete actions: the Q-network's output size."""
         return int(self.action_space.n)
@@ -237,7 +250,12 @@ class GymDataModule(L.LightningDataModule):
         rank, world_size = world()
         seed = rank_seed(self._seed(), rank, world_size)
         buffer_seed, runner_seed = np.random.SeedSequence(seed).spawn(2)
-        kwargs = {"device": device, "seed": int(buffer_seed.generate_state(1)[0]), "n_step": hp.n_step}
+        kwargs = {
+            "device": device,
+            "seed": int(buffer_seed.generate_state(1)[0]),
+            "n_step": hp.n_step,
+            "obs_dtype": self.obs_dtype,
+        }
         if hp.prioritized:
             self.buffer = PrioritizedReplayBuffer(
                 hp.buffer_capacity,
@@ -254,9 +272,10 @@ class GymDataModule(L.LightningDataModule):
         saved = "saved in every checkpoint" if hp.save_replay_buffer else "not saved in checkpoints"
         kind = "Prioritized replay buffer" if hp.prioritized else "Replay buffer"
         per_rank = f" on each of {world_size} ranks" if world_size > 1 else ""
+        per_transition = self.buffer.nbytes / hp.buffer_capacity
         rank_zero_info(
-            f"{kind}: {hp.buffer_capacity} transitions, {self.buffer.nbytes / 2**20:.1f} MiB on {device}{per_rank}; "
-            f"{saved} (data.save_replay_buffer)"
+            f"{kind}: {hp.buffer_capacity} transitions, {self.buffer.nbytes / 2**20:.1f} MiB on {device}{per_rank} "
+            f"({per_transition:.0f} bytes each); {saved} (data.save_replay_buffer)"
         )
         policy = self.trainer.lightning_module.act
         dataset = ReplayDataset(

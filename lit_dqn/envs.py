@@ -3,12 +3,24 @@
 import difflib
 
 import gymnasium as gym
+import numpy as np
 
 from lit_dqn.checks import ConfigError
 
 # The optional extra (``pip install "lit-dqn[EXTRA]"``) that brings the simulator of an env family,
 # keyed by a piece of the env's entry point (or its namespace) that names the family.
 EXTRAS = {"box2d": "box2d", "ale_py": "atari", "ALE": "atari", "minatar": "minatar", "MinAtar": "minatar"}
+
+
+def register_family(env_id: str) -> None:
+    """Register the env families Gymnasium does not register on import: MinAtar (``MinAtar/...``),
+    whose package registers its envs when asked. Every process that makes the env calls this."""
+    if env_id.startswith("MinAtar/") and env_id not in gym.registry:
+        try:
+            import minatar.gym
+        except ImportError:
+            return  # env_spaces then names the extra
+        minatar.gym.register_envs()
 
 
 def missing_extra(env_id: str) -> str | None:
@@ -21,6 +33,7 @@ def missing_extra(env_id: str) -> str | None:
 
 def env_spaces(env_id: str) -> tuple[gym.spaces.Box, gym.spaces.Discrete]:
     """Read an env's spaces and check DQN can use them, failing early with a clear message."""
+    register_family(env_id)
     try:
         env = gym.make(env_id)
     except gym.error.Error as error:
@@ -39,9 +52,15 @@ def env_spaces(env_id: str) -> tuple[gym.spaces.Box, gym.spaces.Discrete]:
             f"data.env_id={env_id!r} has a {type(action_space).__name__} action space; "
             "DQN needs Discrete actions (e.g. CartPole-v1, Acrobot-v1, MountainCar-v0, LunarLander-v3)"
         )
-    if not isinstance(observation_space, gym.spaces.Box) or len(observation_space.shape) != 1:
+    flat = isinstance(observation_space, gym.spaces.Box) and len(observation_space.shape) == 1
+    image = (
+        isinstance(observation_space, gym.spaces.Box)
+        and len(observation_space.shape) == 3
+        and observation_space.dtype in (np.uint8, np.bool_)
+    )
+    if not (flat or image):
         raise ConfigError(
-            f"data.env_id={env_id!r} has observation space {observation_space}; "
-            "the Q-network takes a flat Box observation of shape (obs_dim,)"
+            f"data.env_id={env_id!r} has observation space {observation_space}; the Q-network takes a "
+            "flat Box (obs_dim,) or an image Box of uint8 or bool, (C, H, W) or (H, W, C)"
         )
     return observation_space, action_space

@@ -62,6 +62,9 @@ class DQN(L.LightningModule):
         dueling: a dueling Q-network, Q = V + A − mean(A) (Wang et al., 2016), instead of a plain MLP.
         max_episodes: stop training after this many episodes, counted over all DDP ranks (``None``:
             stop on the Trainer's limits).
+        obs_shape: the observation's shape, linked from ``data.obs_shape`` by the CLI: an image's
+            three dimensions put a CNN before the MLP (``networks.ImageEncoder``); ``None`` or
+            ``[obs_dim]`` is the flat MLP.
     """
 
     def __init__(
@@ -82,6 +85,7 @@ class DQN(L.LightningModule):
         double_dqn: bool = False,
         dueling: bool = False,
         max_episodes: int | None = None,
+        obs_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         check_sizes("model.hidden_sizes", hidden_sizes)
@@ -104,7 +108,8 @@ class DQN(L.LightningModule):
         self.automatic_optimization = False
         if dueling and not hidden_sizes:
             raise ConfigError("model.dueling=true needs at least one layer in model.hidden_sizes to share")
-        self.policy_net = (DuelingQNetwork if dueling else QNetwork)(obs_dim, n_actions, hidden_sizes)
+        network = DuelingQNetwork if dueling else QNetwork
+        self.policy_net = network(obs_dim, n_actions, hidden_sizes, obs_shape=obs_shape)
         self.target_net = copy.deepcopy(self.policy_net).requires_grad_(False)
         self.duration_mean = RunningMean(window=100)
         self.return_mean = RunningMean(window=100)
@@ -123,7 +128,7 @@ class DQN(L.LightningModule):
         self.job_episodes = self.job_env_steps = 0
 
     def forward(self, obs: Tensor) -> Tensor:
-        """Q-values ``[B, n_actions]`` of observations ``[B, obs_dim]``."""
+        """Q-values ``[B, n_actions]`` of observations ``[B, *obs_shape]``."""
         return self.policy_net(obs)
 
     def epsilon(self, env_step: int) -> float:
@@ -145,8 +150,11 @@ class DQN(L.LightningModule):
 
     @torch.inference_mode()
     def greedy_actions(self, obs: np.ndarray) -> np.ndarray:
-        """argmax_a Q(s, a) for observations ``[N, obs_dim]`` from the env (on the CPU)."""
-        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        """argmax_a Q(s, a) for observations ``[N, *obs_shape]`` from the env (on the CPU); frames
+        stay uint8 or bool, as replay stores them, and the network makes them float."""
+        obs_t = torch.as_tensor(obs, device=self.device)
+        if obs_t.dtype not in (torch.uint8, torch.bool):
+            obs_t = obs_t.float()
         return self.policy_net(obs_t).argmax(dim=1).cpu().numpy()  # the one host sync per env step
 
     def act(self, obs: np.ndarray, env_step: int, rng: np.random.Generator) -> tuple[np.ndarray, float]:

@@ -1,9 +1,63 @@
-"""The Q-network: an MLP from a flat observation to one Q-value per discrete action, plain or dueling."""
+"""The Q-network: observation to one Q-value per discrete action, plain or dueling.
+
+A flat observation goes straight into an MLP; an image first through a CNN (``ImageEncoder``),
+chosen from the observation's shape, so no flag selects it.
+"""
 
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+
+
+def is_image(obs_shape: Sequence[int]) -> bool:
+    """Three dimensions: an image, channel-first ``(C, H, W)`` or channel-last ``(H, W, C)``."""
+    return len(obs_shape) == 3
+
+
+class ImageEncoder(nn.Module):
+    """Images ``[B, C, H, W]`` or ``[B, H, W, C]``, stored as uint8 or bool, to a feature vector.
+
+    - Frames of 36 pixels a side or more (Atari's 84×84): the Nature DQN CNN (Mnih et al. 2015):
+      32 8×8 filters of stride 4, 64 4×4 of stride 2, 64 3×3 of stride 1.
+    - Smaller grids (MinAtar's 10×10): the MinAtar paper's one 3×3 convolution with 16 channels
+      (Young & Tian 2019).
+
+    The channel axis is the smaller of the first and last: ``(4, 84, 84)`` is channel-first,
+    ``(10, 10, 4)`` channel-last. Inputs become float here, on the model's device, so replay
+    stores compact frames: uint8 scaled to [0, 1], bool as 0/1.
+    """
+
+    def __init__(self, obs_shape: Sequence[int]) -> None:
+        super().__init__()
+        self.channels_last = obs_shape[-1] < obs_shape[0]
+        channels, height, width = (obs_shape[2], obs_shape[0], obs_shape[1]) if self.channels_last else tuple(obs_shape)
+        if min(height, width) >= 36:
+            layers = [
+                nn.Conv2d(channels, 32, 8, stride=4), nn.ReLU(),
+                nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+                nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
+            ]  # fmt: skip
+        else:
+            layers = [nn.Conv2d(channels, 16, 3, stride=1), nn.ReLU()]
+        self.convs = nn.Sequential(*layers, nn.Flatten())
+        with torch.no_grad():
+            self.out_features = self.convs(torch.zeros(1, channels, height, width)).shape[1]
+
+    def forward(self, obs: Tensor) -> Tensor:
+        """Features ``[B, out_features]`` of images ``[B, *obs_shape]``."""
+        x = obs.float() / 255.0 if obs.dtype == torch.uint8 else obs.float()
+        if self.channels_last:
+            x = x.permute(0, 3, 1, 2)  # [B, C, H, W]
+        return self.convs(x)
+
+
+def torso(obs_shape: Sequence[int]) -> tuple[nn.Module | None, int]:
+    """The image encoder (``None`` for a flat observation) and the width it hands to the MLP."""
+    if is_image(obs_shape):
+        encoder = ImageEncoder(obs_shape)
+        return encoder, encoder.out_features
+    return None, int(torch.tensor(obs_shape).prod())
 
 
 def mlp(in_features: int, hidden_sizes: Sequence[int]) -> tuple[list[nn.Module], int]:
@@ -16,24 +70,33 @@ def mlp(in_features: int, hidden_sizes: Sequence[int]) -> tuple[list[nn.Module],
 
 
 class QNetwork(nn.Module):
-    """MLP ``obs_dim -> hidden... -> n_actions`` with ReLU, as in the PyTorch DQN tutorial.
+    """MLP ``obs_dim -> hidden... -> n_actions`` with ReLU, as in the PyTorch DQN tutorial; for
+    images (``obs_shape`` of three dimensions) an ``ImageEncoder`` comes first.
 
     Sizes come from the environment's spaces (see ``GymDataModule``), so one class serves every
-    discrete-action env with a flat observation.
+    discrete-action env.
     """
 
-    def __init__(self, obs_dim: int, n_actions: int, hidden_sizes: Sequence[int] = (128, 128)) -> None:
+    def __init__(
+        self,
+        obs_dim: int,
+        n_actions: int,
+        hidden_sizes: Sequence[int] = (128, 128),
+        obs_shape: Sequence[int] | None = None,
+    ) -> None:
         super().__init__()
-        layers, width = mlp(obs_dim, hidden_sizes)
+        self.encoder, width = torso(obs_shape or (obs_dim,))
+        layers, width = mlp(width, hidden_sizes)
         self.net = nn.Sequential(*layers, nn.Linear(width, n_actions))
 
     def forward(self, obs: Tensor) -> Tensor:
-        """Map observations ``[B, obs_dim]`` to Q-values ``[B, n_actions]``."""
-        return self.net(obs)
+        """Map observations ``[B, *obs_shape]`` to Q-values ``[B, n_actions]``."""
+        return self.net(obs if self.encoder is None else self.encoder(obs))
 
 
 class DuelingQNetwork(nn.Module):
-    """Dueling architecture (Wang et al., 2016): a shared MLP torso, then two streams, a state value
+    """Dueling architecture (Wang et al., 2016): a shared torso (the ``ImageEncoder`` for images,
+    then MLP layers), then two streams, a state value
     ``V(s)`` and action advantages ``A(s, a)``, combined as ``Q = V + A − mean_a A``.
 
     As in the paper, each stream has a hidden layer of its own: the last of ``hidden_sizes`` is built
@@ -43,19 +106,26 @@ class DuelingQNetwork(nn.Module):
     actions have similar values.
     """
 
-    def __init__(self, obs_dim: int, n_actions: int, hidden_sizes: Sequence[int] = (128, 128)) -> None:
+    def __init__(
+        self,
+        obs_dim: int,
+        n_actions: int,
+        hidden_sizes: Sequence[int] = (128, 128),
+        obs_shape: Sequence[int] | None = None,
+    ) -> None:
         super().__init__()
         if not hidden_sizes:
             raise ValueError("a dueling Q-network needs at least one hidden layer for its streams")
-        layers, width = mlp(obs_dim, hidden_sizes[:-1])
+        self.encoder, width = torso(obs_shape or (obs_dim,))
+        layers, width = mlp(width, hidden_sizes[:-1])
         self.torso = nn.Sequential(*layers)
         stream = hidden_sizes[-1]
         self.value = nn.Sequential(nn.Linear(width, stream), nn.ReLU(), nn.Linear(stream, 1))
         self.advantage = nn.Sequential(nn.Linear(width, stream), nn.ReLU(), nn.Linear(stream, n_actions))
 
     def forward(self, obs: Tensor) -> Tensor:
-        """Map observations ``[B, obs_dim]`` to Q-values ``[B, n_actions]``."""
-        features = self.torso(obs)  # [B, width]
+        """Map observations ``[B, *obs_shape]`` to Q-values ``[B, n_actions]``."""
+        features = self.torso(obs if self.encoder is None else self.encoder(obs))  # [B, width]
         advantage = self.advantage(features)  # [B, n_actions]
         return self.value(features) + advantage - advantage.mean(dim=1, keepdim=True)
 

@@ -94,10 +94,13 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         seed: int | None = None,
         n_step: int = 1,
         num_envs: int = 1,
+        obs_dtype: torch.dtype = torch.float32,
         alpha: float = 0.6,
         eps: float = 1e-6,
     ) -> None:
-        super().__init__(capacity, obs_shape, device=device, seed=seed, n_step=n_step, num_envs=num_envs)
+        super().__init__(
+            capacity, obs_shape, device=device, seed=seed, n_step=n_step, num_envs=num_envs, obs_dtype=obs_dtype
+        )
         self.alpha = alpha
         self.eps = eps
         self.tree = SumTree(capacity, self.device)

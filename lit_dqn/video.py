@@ -23,6 +23,8 @@ from PIL import Image
 
 from lit_dqn.checkpoints import read_checkpoint
 from lit_dqn.checks import ConfigError
+from lit_dqn.envs import env_spaces, register_family
+from lit_dqn.module import DQN
 
 VIDEO_EXTRA = 'pip install "lit-dqn[video]"'
 
@@ -48,8 +50,10 @@ def make_render_env(env_id: str) -> RenderCollection:
     """The env drawing ``rgb_array`` frames, each episode's frames collected; one-line error if it cannot draw."""
     # Off-screen frames need no display; without this, SDL looks for one and prints an error headless.
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    register_family(env_id)
     try:
-        env = RenderCollection(gym.make(env_id, render_mode="rgb_array"))
+        # Gymnasium's env checker would warn about MinAtar's float frames, which viewable() converts.
+        env = RenderCollection(gym.make(env_id, render_mode="rgb_array", disable_env_checker=True))
         env.reset(seed=0)
         frames = env.render()  # the first draw is where a missing pygame shows
     except gym.error.DependencyNotInstalled:
@@ -60,6 +64,17 @@ def make_render_env(env_id: str) -> RenderCollection:
         env.close()
         raise ConfigError(f"{env_id} cannot draw rgb_array frames (its render() returned no image)")
     return env
+
+
+def viewable(frames: np.ndarray, min_side: int = 160) -> np.ndarray:
+    """Frames ``[T, H, W, 3]`` as uint8 (floats in [0, 1] scaled), tiny grids such as MinAtar's
+    10×10 enlarged by whole pixels to at least ``min_side``."""
+    if frames.dtype != np.uint8:
+        frames = (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)
+    factor = -(-min_side // max(frames.shape[1:3]))  # ceil
+    if factor > 1:
+        frames = frames.repeat(factor, axis=1).repeat(factor, axis=2)
+    return frames
 
 
 def write_video(frames: np.ndarray, stem: Path, fps: float) -> Path:
@@ -118,7 +133,7 @@ def record_episodes(
                 episode_return += float(reward)
                 length += 1
                 done = terminated or truncated
-            frames = np.stack(env.render())  # [length + 1, H, W, 3]; clears the collected frames
+            frames = viewable(np.stack(env.render()))  # [length + 1, H, W, 3]; clears the collected frames
             path = write_video(frames, folder / f"episode-{episode}", fps)
             recordings.append(Recording(path, episode_return, length, fps))
             if episode == 0:
@@ -154,7 +169,10 @@ def greedy_policy(q_net: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
 
     @torch.inference_mode()
     def policy(obs: np.ndarray) -> np.ndarray:
-        return q_net(torch.as_tensor(obs, dtype=torch.float32)).argmax(dim=1).numpy()
+        obs_t = torch.as_tensor(obs)
+        if obs_t.dtype not in (torch.uint8, torch.bool):  # frames stay compact, as in training
+            obs_t = obs_t.float()
+        return q_net(obs_t).argmax(dim=1).numpy()
 
     return policy
 
@@ -232,9 +250,6 @@ def record_checkpoint(
             run directory, or beside a checkpoint that is not in a run's ``checkpoints/``).
         fps: frames per second (default: the env's ``render_fps``).
     """
-    from lit_dqn.envs import env_spaces
-    from lit_dqn.module import DQN
-
     if episodes < 1:
         raise ConfigError(f"episodes={episodes} must be at least 1")
     if not has_mp4_encoder():

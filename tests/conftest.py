@@ -15,6 +15,20 @@ CONFIG = ROOT / "configs" / "cartpole.yaml"
 TUTORIAL_CONFIG = ROOT / "configs" / "cartpole_tutorial.yaml"
 
 
+# the module each optional env family imports, by extra (see lit_dqn.envs.EXTRAS)
+EXTRA_MODULES = {"box2d": "Box2D", "minatar": "minatar", "atari": "ale_py"}
+
+
+def skip_without_extra(env_id: str) -> None:
+    """Skip a test whose env needs an extra that is not installed (README's quick start installs
+    .[dev] only; CI installs every extra, so there it runs)."""
+    from lit_dqn.envs import missing_extra
+
+    extra = missing_extra(env_id)  # the extra of the env's family, installed or not
+    if extra is not None:
+        pytest.importorskip(EXTRA_MODULES[extra], reason=f'{env_id} needs pip install -e ".[{extra}]"')
+
+
 def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run ``python -m lit_dqn ARGS`` the way a user does, capturing its output."""
     return subprocess.run(

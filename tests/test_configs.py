@@ -7,9 +7,7 @@ import gymnasium as gym
 import pytest
 import yaml
 
-from lit_dqn.envs import missing_extra
-
-from .conftest import ROOT, make_cli
+from .conftest import ROOT, make_cli, skip_without_extra
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 TINY = [
@@ -30,8 +28,7 @@ def early_stopping(config: Path) -> dict | None:
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
 def test_config_runs_on_its_env(config: Path, tmp_path: Path) -> None:
     env_id = yaml.safe_load(config.read_text())["data"]["env_id"]
-    if missing_extra(env_id) == "box2d":  # README's quick start installs .[dev] only; CI installs every extra
-        pytest.importorskip("Box2D", reason=f'{config.name} needs pip install -e ".[box2d]"')
+    skip_without_extra(env_id)
     cli, recorder = make_cli(tmp_path, *TINY, config=config)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert cli.trainer.global_step == 150 and len(recorder.losses) == 150
@@ -43,7 +40,7 @@ def test_config_runs_on_its_env(config: Path, tmp_path: Path) -> None:
 def test_config_stops_above_its_env_threshold(config: Path) -> None:
     stop = early_stopping(config)
     if stop is None:
-        pytest.skip(f"{config.name} trains for a fixed budget (the tutorial's)")
+        pytest.skip(f"{config.name} trains for a fixed budget")
     assert (stop["monitor"], stop["mode"]) == ("val/return_mean", "max")  # the greedy validation return
     env_id = yaml.safe_load(config.read_text())["data"]["env_id"]
     assert stop["stopping_threshold"] > gym.spec(env_id).reward_threshold  # e.g. 495 for CartPole-v1's 475

@@ -31,7 +31,10 @@ BAD_INPUTS = [
     (["--data.n_step=0"], ["data.n_step=0", ">= 1"]),
     (["--data.env_id=CartPol-v1"], ["data.env_id='CartPol-v1'", "did you mean 'CartPole-v1'"]),
     (["--data.env_id=Pendulum-v1"], ["data.env_id='Pendulum-v1'", "Box action space", "DQN needs Discrete actions"]),
-    (["--data.env_id=CliffWalking-v1"], ["data.env_id='CliffWalking-v1'", "Discrete(48)", "flat Box observation"]),
+    (
+        ["--data.env_id=CliffWalking-v1"],
+        ["data.env_id='CliffWalking-v1'", "Discrete(48)", "flat Box (obs_dim,)", "image Box"],
+    ),
     (["--trainer.accelerator=tpux"], ["trainer:", "accelerator", "cpu"]),
     (["--ckpt_path=missing.ckpt"], ["ckpt_path='missing.ckpt' does not exist"]),
     (["--model.target_update_interval=0"], ["model.target_update_interval=0", ">= 1"]),

@@ -1,6 +1,5 @@
 """Videos of the greedy agent (``GreedyVideo`` in fit, ``python -m lit_dqn record``) and the run plot."""
 
-import importlib.util
 import io
 import re
 import shutil
@@ -17,10 +16,9 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lit_dqn import video
-from lit_dqn.envs import missing_extra
 from lit_dqn.plots import Validation, plot_episodes
 
-from .conftest import ROOT, FitRun, run_cli
+from .conftest import ROOT, FitRun, run_cli, skip_without_extra
 
 SHORTEST = ("--trainer.max_steps=20", "--data.warmup_steps=256", "--trainer.enable_progress_bar=false")
 RECORDED = re.compile(r"Recorded (\S+) \(return ([-\d.e+]+), (\d+) steps\)")
@@ -165,8 +163,7 @@ def test_fit_plot_history_matches_tensorboard_and_the_kept_checkpoint(fit_run: F
 def test_every_shipped_env_records(config: Path, tmp_path: Path) -> None:
     """Each config's env draws headless and encodes (a fixed action stands in for the agent)."""
     env_id = yaml.safe_load(config.read_text())["data"]["env_id"]
-    if missing_extra(env_id) is not None and importlib.util.find_spec("Box2D") is None:
-        pytest.skip(f"{env_id} needs its extra")
+    skip_without_extra(env_id)
     recordings, frames = video.record_episodes(
         lambda obs: np.zeros(len(obs), dtype=np.int64), env_id, tmp_path, 1, 0, None
     )
