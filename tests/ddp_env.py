@@ -2,6 +2,8 @@
 steps, so every rank is between episodes at the same update (where a resume is exact), and a
 callback that writes what each rank saw."""
 
+import os
+import signal
 from pathlib import Path
 
 import gymnasium as gym
@@ -56,3 +58,14 @@ class RankProbe(L.Callback):
             "history": list(pl_module.episode_durations),
         }
         torch.save(state, self.out_dir / f"rank{trainer.global_rank}.pt")
+
+
+class SignalAt(L.Callback):
+    """Send SIGTERM to rank 0's process (the one a user or a scheduler signals) after update ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and trainer.global_rank == 0:
+            os.kill(os.getpid(), signal.SIGTERM)

@@ -8,10 +8,8 @@ the episode in progress would be dropped, as with one process).
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +52,7 @@ class DDPRun:
     stderr: str
 
 
-def fit_ddp(cwd: Path, *args: str) -> DDPRun:
+def fit_ddp(cwd: Path, *args: str, returncode: int = 0) -> DDPRun:
     cwd.mkdir(parents=True, exist_ok=True)
     probe = json.dumps({"class_path": "tests.ddp_env.RankProbe", "init_args": {"out_dir": str(cwd / "probe")}})
     result = subprocess.run(
@@ -65,7 +63,7 @@ def fit_ddp(cwd: Path, *args: str) -> DDPRun:
         text=True,
         timeout=600,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == returncode, result.stderr[-3000:]
     ranks = [torch.load(cwd / "probe" / f"rank{r}.pt", weights_only=True) for r in range(2)]
     return DDPRun(cwd, ranks, result.stderr)
 
@@ -171,29 +169,23 @@ def test_max_episodes_counts_the_job_and_stops_every_rank_at_the_same_step(tmp_p
     assert [tuple(r["job"]) for r in run.ranks] == [(70, 700)] * 2
 
 
-def test_sigterm_stops_every_rank_saves_all_and_resumes_with_two_processes(tmp_path: Path) -> None:
-    """SIGTERM to the launching process (rank 0): every rank stops after the same update, the
-    checkpoint holds both ranks' replay streams, and a 2-process run resumes from it."""
-    probe = json.dumps({"class_path": "tests.ddp_env.RankProbe", "init_args": {"out_dir": str(tmp_path / "probe")}})
-    command = [sys.executable, "-m", "lit_dqn", "fit", "--config", str(CONFIG), *DDP, f"--trainer.callbacks+={probe}"]
-    process = subprocess.Popen(
-        [*command, "--trainer.max_steps=100000"], cwd=tmp_path, env=ENV, stderr=subprocess.PIPE, text=True
-    )
+def test_sigterm_stops_every_rank_and_a_two_process_resume_continues_exactly(whole: DDPRun, tmp_path: Path) -> None:
+    """SIGTERM to rank 0's process after update 99 (``tests.ddp_env.SignalAt``): every rank runs update
+    100 and stops, the checkpoint holds both ranks' replay streams, the exit code is 143, and a
+    2-process resume to 200 updates matches the run that never stopped, bit for bit (at 400 env
+    steps every rank is between 10-step episodes)."""
+    signal_at = json.dumps({"class_path": "tests.ddp_env.SignalAt", "init_args": {"step": 99}})
+    stopped = fit_ddp(tmp_path, "--trainer.max_steps=200", f"--trainer.callbacks+={signal_at}", returncode=143)
+    assert [len(r["losses"]) for r in stopped.ranks] == [100, 100]  # both stopped after the same update
     last = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 300
-    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=300)
-    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
-    ranks = [torch.load(tmp_path / "probe" / f"rank{r}.pt", weights_only=True) for r in range(2)]
     saved = torch.load(last, weights_only=True)
-    steps = saved["global_step"]
-    assert [len(r["losses"]) for r in ranks] == [steps, steps]  # both stopped after the same update
+    assert saved["global_step"] == 100
     states = saved["GymDataModule"]["ranks"]
-    assert [s["runner"]["env_steps"] for s in states] == [WARMUP + steps] * 2
+    assert [s["runner"]["env_steps"] for s in states] == [WARMUP + 100] * 2
     assert not torch.equal(states[0]["buffer"]["storage"]["obs"], states[1]["buffer"]["storage"]["obs"])
 
-    resumed = fit_ddp(tmp_path, f"--trainer.max_steps={steps + 30}", "--ckpt_path=last")
-    assert [len(r["losses"]) for r in resumed.ranks] == [30, 30]
-    assert [r["env_steps"] for r in resumed.ranks] == [WARMUP + steps + 30] * 2
+    resumed = fit_ddp(tmp_path, "--trainer.max_steps=200", "--ckpt_path=last")
+    for rank in range(2):
+        assert resumed.ranks[rank]["losses"] == whole.ranks[rank]["losses"][100:]
+        for key, value in whole.ranks[rank]["state_dict"].items():
+            assert torch.equal(resumed.ranks[rank]["state_dict"][key], value), key
