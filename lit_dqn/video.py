@@ -9,7 +9,7 @@ import copy
 import io
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -66,19 +66,22 @@ def make_render_env(env_id: str) -> RenderCollection:
     return env
 
 
-def viewable(frames: np.ndarray, min_side: int = 160) -> np.ndarray:
-    """Frames ``[T, H, W, 3]`` as uint8 (floats in [0, 1] scaled), tiny grids such as MinAtar's
-    10×10 enlarged by whole pixels to at least ``min_side``."""
-    if frames.dtype != np.uint8:
-        frames = (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)
-    factor = -(-min_side // max(frames.shape[1:3]))  # ceil
+def viewable(frame: np.ndarray, min_side: int = 160) -> np.ndarray:
+    """A frame ``[H, W, 3]`` as uint8 (floats in [0, 1] scaled), a tiny grid such as MinAtar's
+    10×10 enlarged by whole pixels to at least ``min_side``; a uint8 frame of that size as it is."""
+    if frame.dtype != np.uint8:
+        frame = (np.clip(frame, 0.0, 1.0) * 255).round().astype(np.uint8)
+    factor = -(-min_side // max(frame.shape[:2]))  # ceil
     if factor > 1:
-        frames = frames.repeat(factor, axis=1).repeat(factor, axis=2)
-    return frames
+        frame = frame.repeat(factor, axis=0).repeat(factor, axis=1)
+    return frame
 
 
-def write_video(frames: np.ndarray, stem: Path, fps: float) -> Path:
-    """Write frames ``[T, H, W, 3]`` uint8 to ``stem.mp4`` (H.264), or ``stem.gif`` without imageio-ffmpeg."""
+def write_video(frames: Sequence[np.ndarray], stem: Path, fps: float) -> Path:
+    """Write frames ``[H, W, 3]`` uint8 to ``stem.mp4`` (H.264), or ``stem.gif`` without imageio-ffmpeg.
+
+    Frames go to ffmpeg one at a time, never stacked into one more copy of the episode.
+    """
     if not has_mp4_encoder():
         path = stem.with_suffix(".gif")
         path.write_bytes(encode_gif(frames, fps))
@@ -86,8 +89,8 @@ def write_video(frames: np.ndarray, stem: Path, fps: float) -> Path:
     import imageio_ffmpeg
 
     # H.264 in yuv420p needs even sides: repeat the last row or column where one is odd.
-    _, height, width, _ = frames.shape
-    frames = np.pad(frames, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+    height, width, _ = frames[0].shape
+    pad = ((0, height % 2), (0, width % 2), (0, 0))
     path = stem.with_suffix(".mp4")
     writer = imageio_ffmpeg.write_frames(
         str(path),
@@ -99,13 +102,13 @@ def write_video(frames: np.ndarray, stem: Path, fps: float) -> Path:
     )
     writer.send(None)  # start ffmpeg
     for frame in frames:
-        writer.send(np.ascontiguousarray(frame))
+        writer.send(np.ascontiguousarray(np.pad(frame, pad, mode="edge") if height % 2 or width % 2 else frame))
     writer.close()
     return path
 
 
-def encode_gif(frames: np.ndarray, fps: float) -> bytes:
-    """An animated GIF of frames ``[T, H, W, 3]`` uint8, looping."""
+def encode_gif(frames: Sequence[np.ndarray], fps: float) -> bytes:
+    """An animated GIF of frames ``[H, W, 3]`` uint8, looping."""
     images = [Image.fromarray(frame) for frame in frames]
     buffer = io.BytesIO()
     images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
@@ -118,12 +121,12 @@ def record_episodes(
     """Play ``episodes`` episodes with ``policy`` from env seeds ``seed, seed + 1, ...``, one video each.
 
     ``policy`` maps observations ``[1, *obs_shape]`` to actions ``[1]``. Returns the recordings and
-    the first episode's frames ``[T, H, W, 3]``, for TensorBoard.
+    the first episode's frames at half size ``[T, H/2, W/2, 3]``, for TensorBoard.
     """
     env = make_render_env(env_id)
     fps = fps or env.metadata.get("render_fps") or 30
     folder.mkdir(parents=True, exist_ok=True)
-    recordings, first_frames = [], np.zeros((0, 0, 0, 3), dtype=np.uint8)
+    recordings, preview = [], np.zeros((0, 0, 0, 3), dtype=np.uint8)
     try:
         for episode in range(episodes):
             obs, _ = env.reset(seed=seed + episode)
@@ -133,25 +136,26 @@ def record_episodes(
                 episode_return += float(reward)
                 length += 1
                 done = terminated or truncated
-            frames = viewable(np.stack(env.render()))  # [length + 1, H, W, 3]; clears the collected frames
+            # length + 1 frames [H, W, 3], the only full copy of the episode (render() hands them over)
+            frames = [viewable(frame) for frame in env.render()]
             path = write_video(frames, folder / f"episode-{episode}", fps)
             recordings.append(Recording(path, episode_return, length, fps))
-            if episode == 0:
-                first_frames = frames
+            if episode == 0:  # half size: a GIF of a 1000-step episode stays a few MB
+                preview = np.stack([frame[::2, ::2] for frame in frames])
+            del frames
     finally:
         env.close()
-    return recordings, first_frames
+    return recordings, preview
 
 
 def add_video_to_tensorboard(logger: TensorBoardLogger, tag: str, frames: np.ndarray, step: int, fps: float) -> None:
-    """Show frames ``[T, H, W, 3]`` as an animated image in TensorBoard's Images tab, at half size.
+    """Show frames ``[T, H, W, 3]`` as an animated image in TensorBoard's Images tab.
 
     This is what ``SummaryWriter.add_video`` writes, encoded here with Pillow: torch's ``add_video``
     needs moviepy < 2 (it imports ``moviepy.editor``, which moviepy 2 removed).
     """
     from tensorboard.compat.proto.summary_pb2 import Summary
 
-    frames = frames[:, ::2, ::2]  # [T, H/2, W/2, 3]: a GIF of a 1000-step episode stays a few MB
     _, height, width, channels = frames.shape
     image = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=encode_gif(frames, fps))
     writer = logger.experiment
