@@ -33,11 +33,11 @@ def gif_frames(gif: Image.Image, fps: float = 50) -> int:
     return round(total_ms * fps / 1000)
 
 
-def video_frames(path: Path) -> tuple[int, tuple[int, int]]:
-    """Frame count and (width, height) of an mp4 or GIF, read back from the file."""
+def video_frames(path: Path, fps: float = 50) -> tuple[int, tuple[int, int]]:
+    """Frame count and (width, height) of an mp4 or GIF (shown at ``fps``), read back from the file."""
     if path.suffix == ".gif":
         with Image.open(path) as image:
-            return gif_frames(image), image.size
+            return gif_frames(image, fps), image.size
     import imageio_ffmpeg
 
     reader = imageio_ffmpeg.read_frames(str(path))
@@ -169,7 +169,7 @@ def test_every_shipped_env_records(config: Path, tmp_path: Path) -> None:
     )
     [recording] = recordings
     assert recording.length >= 1 and preview.shape[0] == recording.length + 1 and preview.dtype == np.uint8
-    count, (width, height) = video_frames(recording.path)
+    count, (width, height) = video_frames(recording.path, recording.fps)
     assert count == recording.length + 1 and min(width, height) >= 159  # MinAtar's 10x10 enlarged to 160
     # TensorBoard's preview is half size (an odd side rounds up; the mp4 pads odd sides to even)
     assert abs(width - 2 * preview.shape[2]) <= 2 and abs(height - 2 * preview.shape[1]) <= 2
