@@ -256,9 +256,9 @@ def record_checkpoint(
     """
     if episodes < 1:
         raise ConfigError(f"episodes={episodes} must be at least 1")
+    checkpoint = read_checkpoint(ckpt_path)  # a wrong path is named first, extra or not
     if not has_mp4_encoder():
         raise ConfigError(f"record writes mp4 and needs the video extra: {VIDEO_EXTRA}")
-    checkpoint = read_checkpoint(ckpt_path)
     data, hparams = checkpoint.get("datamodule_hyper_parameters"), checkpoint.get("hyper_parameters")
     weights = policy_weights(checkpoint.get("state_dict") or {})
     if not isinstance(data, dict) or not isinstance(hparams, dict) or not weights:
