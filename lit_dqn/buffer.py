@@ -26,6 +26,27 @@ class Transitions(NamedTuple):
     weights: Tensor | None = None  # [B] float32 importance-sampling weights of prioritized replay
 
 
+def n_step_window(rewards: Tensor, next_index: Tensor, idx: Tensor, n_step: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Follow each start slot's ``next_index`` links for up to ``n_step - 1`` steps of its episode.
+
+    Returns the window's rewards ``[B, n]`` (zero after its end), the slot of its last step ``[B]``
+    (whose ``next_obs`` and ``terminated`` the target bootstraps from) and its length ``[B]`` in 1..n.
+    """
+    batch_size = idx.shape[0]
+    window = rewards.new_zeros(batch_size, n_step)  # [B, n]
+    window[:, 0] = rewards[idx]
+    last = idx  # [B] slot of each window's latest step
+    going = torch.ones(batch_size, dtype=torch.bool, device=idx.device)
+    steps = torch.ones(batch_size, dtype=torch.long, device=idx.device)
+    for k in range(1, n_step):
+        following = next_index[last]
+        going &= following >= 0
+        last = torch.where(going, following, last)
+        window[:, k] = torch.where(going, rewards[last], 0.0)
+        steps += going
+    return window, last, steps
+
+
 class ReplayBuffer:
     """Ring buffer of ``(obs, action, reward, next_obs, terminated)`` transitions.
 
@@ -91,8 +112,9 @@ class ReplayBuffer:
         terminated: Any,
         env_ids: Any = None,
         continues: Any = None,
-    ) -> None:
-        """Append a batch of ``N`` transitions (tensors or arrays with leading dimension ``N``).
+    ) -> Tensor | slice:
+        """Append a batch of ``N`` transitions (tensors or arrays with leading dimension ``N``); return
+        the slots they went to.
 
         For an n-step buffer, ``env_ids`` ``[N]`` says which sub-env each transition came from and
         ``continues`` ``[N]`` whether its episode goes on (neither terminated nor truncated), so the
@@ -118,6 +140,7 @@ class ReplayBuffer:
             self._link(np.arange(self.pos, self.pos + n) % self.capacity, env_ids, continues)
         self.pos = (self.pos + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
+        return idx
 
     def _link(self, slots: np.ndarray, env_ids: Any, continues: Any) -> None:
         """Point each env's previous transition at its new one, unless that episode had ended.
@@ -156,18 +179,7 @@ class ReplayBuffer:
             return Transitions(
                 self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.terminated[idx]
             )
-        batch_size = idx.shape[0]
-        rewards = self.rewards.new_zeros(batch_size, self.n_step)  # [B, n]
-        rewards[:, 0] = self.rewards[idx]
-        last = idx  # [B] slot of each window's latest step
-        going = torch.ones(batch_size, dtype=torch.bool, device=self.device)
-        steps = torch.ones(batch_size, dtype=torch.long, device=self.device)
-        for k in range(1, self.n_step):
-            following = self.next_index[last]
-            going &= following >= 0
-            last = torch.where(going, following, last)
-            rewards[:, k] = torch.where(going, self.rewards[last], 0.0)
-            steps += going
+        rewards, last, steps = n_step_window(self.rewards, self.next_index, idx, self.n_step)
         return Transitions(self.obs[idx], self.actions[idx], rewards, self.next_obs[last], self.terminated[last], steps)
 
     def _storage(self) -> dict[str, Tensor]:

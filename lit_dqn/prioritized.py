@@ -72,6 +72,26 @@ class SumTree:
             self.tree[first : 2 * first] = children[0::2] + children[1::2]
 
 
+def stratified_draw(tree: SumTree, batch_size: int, generator: torch.Generator) -> Tensor:
+    """Slots ``[B]`` drawn in proportion to their leaves, one in each of ``B`` equal slices of the total."""
+    total = tree.total
+    uniform = torch.rand(batch_size, dtype=total.dtype, device=total.device, generator=generator)
+    prefix = (torch.arange(batch_size, device=total.device) + uniform) * (total / batch_size)  # [B]
+    return tree.find(prefix)
+
+
+def importance_weights(tree: SumTree, idx: Tensor, size: int, beta: float) -> Tensor:
+    """``w_i = (N · P(i))^−β`` for slots ``idx`` ``[B]`` among ``size`` sampleable ones, divided by the largest."""
+    probabilities = tree.get(idx) / tree.total  # [B]
+    weights = (size * probabilities) ** -beta
+    return (weights / weights.max()).float()
+
+
+def priorities_of(td_errors: Tensor, eps: float, alpha: float, dtype: torch.dtype) -> Tensor:
+    """``p^α = (|δ| + ε)^α`` ``[B]`` from the absolute TD errors ``[B]``."""
+    return (td_errors.detach().to(dtype) + eps) ** alpha
+
+
 class PrioritizedReplayBuffer(ReplayBuffer):
     """A replay buffer that samples transition ``i`` with probability ``P(i) = p_i^α / Σ_k p_k^α``.
 
@@ -119,18 +139,13 @@ class PrioritizedReplayBuffer(ReplayBuffer):
     def sample(self, batch_size: int, beta: float = 1.0) -> Transitions:
         """Draw ``batch_size`` transitions by priority; they carry their slots and IS weights."""
         self._check_can_sample(batch_size)
-        total = self.tree.total
-        uniform = torch.rand(batch_size, dtype=total.dtype, device=self.device, generator=self.generator)
-        prefix = (torch.arange(batch_size, device=self.device) + uniform) * (total / batch_size)  # [B]
-        idx = self.tree.find(prefix)
-        probabilities = self.tree.get(idx) / total  # [B]
-        weights = (self.size * probabilities) ** -beta
-        weights = (weights / weights.max()).float()
+        idx = stratified_draw(self.tree, batch_size, self.generator)
+        weights = importance_weights(self.tree, idx, self.size, beta)
         return self._gather(idx)._replace(indices=idx, weights=weights)
 
     def update_priorities(self, indices: Tensor, td_errors: Tensor) -> None:
         """Set the priorities of slots ``indices`` ``[B]`` from their new ``|δ|`` ``[B]``."""
-        priorities = (td_errors.detach().to(self.tree.tree.dtype) + self.eps) ** self.alpha
+        priorities = priorities_of(td_errors, self.eps, self.alpha, self.tree.tree.dtype)
         self.tree.set(indices, priorities)
         torch.maximum(self.max_priority, priorities.max(), out=self.max_priority)
 

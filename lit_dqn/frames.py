@@ -1,0 +1,301 @@
+"""Replay for stacked frames (Atari): every frame stored once, stacks rebuilt when a batch is sampled."""
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lit_dqn.buffer import Transitions, n_step_window
+from lit_dqn.prioritized import SumTree, importance_weights, priorities_of, stratified_draw
+
+
+class FrameReplayBuffer:
+    """A replay buffer for observations that stack the last ``K`` frames on their first axis.
+
+    A plain buffer keeps ``obs`` and ``next_obs``: ``2K`` frames per transition (8 for Atari's four-frame
+    stacks, 56 KB), although ``K - 1`` frames of ``next_obs`` are ``obs``'s and ``obs``'s are the
+    previous transition's. Here each slot of one ring holds **one** frame, and a stack is a walk back
+    along ``prev`` links:
+
+    - a *transition slot* holds the newest frame of its ``next_obs`` with the action, reward and
+      ``terminated`` flag; ``next_obs`` is the frames of the ``K`` slots ending at it, ``obs`` the
+      ``K`` before that;
+    - an episode's first stack is written as *start slots* (never sampled): a leading run of equal
+      frames, such as ``FrameStackObservation``'s padding with the reset frame, takes one slot that
+      links to itself, so walking past it repeats it exactly as the padding did.
+
+    A transition costs one frame plus one start slot per episode, and the stacks come back exactly
+    as the env gave them, across episode starts, truncations, ring wrap-around, several envs and
+    n-step windows (``tests/test_frames.py`` checks this against a plain buffer). ``capacity``
+    counts slots, so a ring of short episodes holds slightly fewer transitions.
+
+    When the ring overwrites a slot, the transitions whose stacks read it stop being sampleable.
+    Sampling is uniform over sampleable slots, through a sum-tree of 0/1 weights (the same tree
+    prioritized replay uses), so the draw is one vectorised tree walk with no rejection loop.
+    Bookkeeping that decides which slots exist (links, write order) also lives on the host, in
+    NumPy, so a push never waits for the device.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        obs_shape: Sequence[int],
+        device: torch.device | str = "cpu",
+        seed: int | None = None,
+        n_step: int = 1,
+        num_envs: int = 1,
+        obs_dtype: torch.dtype = torch.uint8,
+    ) -> None:
+        self.stack = int(obs_shape[0])  # K frames per observation
+        if capacity < 4 * num_envs * (self.stack + 1):
+            raise ValueError(
+                f"a frame buffer needs capacity >= 4 * num_envs * (frames per stack + 1) = "
+                f"{4 * num_envs * (self.stack + 1)}, got {capacity}"
+            )
+        self.capacity = capacity
+        self.n_step = n_step
+        self.device = torch.device(device)
+        self.frames = torch.zeros((capacity, *obs_shape[1:]), dtype=obs_dtype, device=self.device)
+        self.prev = torch.arange(capacity, device=self.device)  # slot of the frame before this one
+        self.actions = torch.zeros(capacity, dtype=torch.long, device=self.device)
+        self.rewards = torch.zeros(capacity, dtype=torch.float32, device=self.device)
+        self.terminated = torch.zeros(capacity, dtype=torch.bool, device=self.device)
+        self.next_index = torch.full((capacity,), -1, dtype=torch.long, device=self.device)  # next transition
+        self.tree = SumTree(capacity, self.device)  # sampling weight per slot: 0 for start or stale slots
+        # Host bookkeeping, one entry per slot.
+        self.host_prev = np.arange(capacity, dtype=np.int64)
+        self.serial = np.full(capacity, -1, dtype=np.int64)  # write count when the slot was written
+        self.oldest = np.full(capacity, -1, dtype=np.int64)  # serial of the earliest slot its stacks read
+        self.sampleable = np.zeros(capacity, dtype=bool)
+        self.head = np.full(num_envs, -1, dtype=np.int64)  # per env: slot of its open episode's newest frame
+        self.last = np.full(num_envs, -1, dtype=np.int64)  # per env: its open episode's latest transition
+        self.written = 0  # slots written so far; the next goes to ``written % capacity``
+        self.span = 0  # the most slots any stored transition's stacks reach back
+        self.size = 0  # sampleable transitions
+        self.generator = torch.Generator(device=self.device)
+        if seed is not None:
+            self.generator.manual_seed(seed)
+
+    def __len__(self) -> int:
+        return self.size
+
+    @property
+    def pos(self) -> int:
+        return self.written % self.capacity
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held for the whole capacity, on the device and on the host."""
+        device = sum(t.numel() * t.element_size() for t in self._tensors().values())
+        host = sum(a.nbytes for a in self._arrays().values())
+        return device + host
+
+    def push(
+        self,
+        obs: Any,
+        actions: Any,
+        rewards: Any,
+        next_obs: Any,
+        terminated: Any,
+        env_ids: Any = None,
+        continues: Any = None,
+    ) -> Tensor:
+        """Append ``N`` transitions (one per env at most); return the slots they went to ``[N]``.
+
+        ``obs`` and ``next_obs`` are ``[N, K, *frame]``; ``env_ids`` and ``continues`` as in
+        ``ReplayBuffer.push``: which env each transition came from and whether its episode goes on.
+        """
+        obs, next_obs = np.asarray(obs), np.asarray(next_obs)
+        n = len(obs)
+        env_ids = np.arange(n) if env_ids is None else np.asarray(env_ids)
+        continues = np.ones(n, dtype=bool) if continues is None else np.asarray(continues, dtype=bool)
+        if n > len(self.head):
+            raise ValueError(f"a frame buffer push takes one transition per env ({len(self.head)} envs), got {n}")
+        frames: list[np.ndarray] = []
+        slots: list[int] = []
+        transitions = np.empty(n, dtype=np.int64)
+
+        def write(frame: np.ndarray, prev: int | None) -> int:
+            slot = self.written % self.capacity
+            self._forget(slot)
+            self.host_prev[slot] = slot if prev is None else prev
+            self.serial[slot] = self.written
+            self.written += 1
+            frames.append(frame)
+            slots.append(slot)
+            return slot
+
+        for i, env in enumerate(env_ids):
+            head = self.head[env]
+            if head < 0:  # a new episode: its first stack, a leading run of equal frames once
+                stack = obs[i]
+                run = 1
+                while run < self.stack and np.array_equal(stack[run], stack[0]):
+                    run += 1
+                head = write(stack[0], None)
+                for k in range(run, self.stack):
+                    head = write(stack[k], head)
+            slot = write(next_obs[i][-1], head)
+            transitions[i] = slot
+            walk = slot
+            for _ in range(self.stack):
+                walk = self.host_prev[walk]
+            self.oldest[slot] = self.serial[walk]
+            self.span = max(self.span, self.written - 1 - self.oldest[slot])
+            if self.last[env] >= 0:
+                self.next_index[int(self.last[env])] = slot
+            self.head[env] = slot if continues[i] else -1
+            self.last[env] = slot if continues[i] else -1
+
+        device_slots = torch.as_tensor(np.asarray(slots), device=self.device)
+        at = torch.as_tensor(transitions, device=self.device)
+        self.frames[device_slots] = torch.as_tensor(np.stack(frames), device=self.device).to(self.frames.dtype)
+        self.prev[device_slots] = torch.as_tensor(self.host_prev[slots], device=self.device)
+        self.next_index[device_slots] = -1
+        self.actions[at] = torch.as_tensor(actions, device=self.device).long()
+        self.rewards[at] = torch.as_tensor(rewards, dtype=torch.float32, device=self.device)
+        self.terminated[at] = torch.as_tensor(terminated, dtype=torch.bool, device=self.device)
+        self.tree.set(device_slots, torch.zeros(len(slots), device=self.device))
+        self.sampleable[transitions] = True
+        self.size += n
+        self.tree.set(at, self._entry_weight().expand(n))
+        self._drop_stale()
+        return at
+
+    def _forget(self, slot: int) -> None:
+        """The slot is about to be overwritten: it stops being a sampleable transition."""
+        if self.sampleable[slot]:
+            self.sampleable[slot] = False
+            self.size -= 1
+
+    def _drop_stale(self) -> None:
+        """Stop sampling transitions whose stacks read a slot the ring has overwritten.
+
+        Only slots within ``span`` of the oldest can read one, so only those are checked.
+        """
+        gone = self.written - self.capacity  # serials below this are overwritten
+        if gone <= 0:
+            return
+        window = np.arange(gone, gone + self.span + 1) % self.capacity
+        stale = window[self.sampleable[window] & (self.oldest[window] < gone)]
+        if len(stale):
+            self.sampleable[stale] = False
+            self.size -= len(stale)
+            self.tree.set(torch.as_tensor(stale, device=self.device), torch.zeros(len(stale), device=self.device))
+
+    def _entry_weight(self) -> Tensor:
+        """The sampling weight a new transition enters with: 1, uniform."""
+        return torch.ones((), device=self.device)
+
+    def end_episodes(self) -> None:
+        """Forget every env's open episode (a resumed run starts fresh ones)."""
+        self.head.fill(-1)
+        self.last.fill(-1)
+
+    def sample(self, batch_size: int) -> Transitions:
+        """Draw ``batch_size`` sampleable transitions uniformly, with replacement."""
+        self._check_can_sample(batch_size)
+        uniform = torch.rand(batch_size, dtype=self.tree.tree.dtype, device=self.device, generator=self.generator)
+        return self._gather(self.tree.find(uniform * self.tree.total))
+
+    def _check_can_sample(self, batch_size: int) -> None:
+        if batch_size > self.size:
+            raise ValueError(f"cannot sample {batch_size} transitions from a buffer holding {self.size}")
+
+    def _stacks(self, newest: Tensor) -> Tensor:
+        """The ``K``-frame stacks ending at slots ``newest`` ``[B]``: ``[B, K, *frame]``, oldest frame first."""
+        walk = [newest]
+        for _ in range(self.stack - 1):
+            walk.append(self.prev[walk[-1]])
+        return self.frames[torch.stack(walk[::-1], dim=1)]
+
+    def _gather(self, idx: Tensor) -> Transitions:
+        """The transitions (or n-step windows) starting at slots ``idx`` ``[B]``."""
+        obs = self._stacks(self.prev[idx])
+        if self.n_step == 1:
+            return Transitions(obs, self.actions[idx], self.rewards[idx], self._stacks(idx), self.terminated[idx])
+        rewards, last, steps = n_step_window(self.rewards, self.next_index, idx, self.n_step)
+        return Transitions(obs, self.actions[idx], rewards, self._stacks(last), self.terminated[last], steps)
+
+    def _tensors(self) -> dict[str, Tensor]:
+        return {
+            "frames": self.frames,
+            "prev": self.prev,
+            "actions": self.actions,
+            "rewards": self.rewards,
+            "terminated": self.terminated,
+            "next_index": self.next_index,
+            "weights": self.tree.tree,
+        }
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        arrays = (self.host_prev, self.serial, self.oldest, self.sampleable)
+        return dict(zip(("host_prev", "serial", "oldest", "sampleable"), arrays, strict=True))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The whole ring, write count and sampling RNG, for exact resume (open episodes are not kept).
+
+        Tensors on the CPU are handed over as they are, not copied, so saving a multi-GB buffer
+        streams it from its own memory into the checkpoint file instead of doubling RAM first.
+        """
+        return {
+            "capacity": self.capacity,
+            "stack": self.stack,
+            "written": self.written,
+            "span": self.span,
+            "size": self.size,
+            "generator": self.generator.get_state(),
+            "storage": {k: v.cpu() for k, v in self._tensors().items()},
+            "host": {k: torch.from_numpy(v) for k, v in self._arrays().items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("stack") != self.stack or state["capacity"] != self.capacity:
+            raise ValueError(
+                f"replay buffer holds {state['capacity']} frame slots of {state.get('stack')}-frame stacks; "
+                f"data.buffer_capacity={self.capacity} and the env's {self.stack}-frame stacks must match it to resume"
+            )
+        for key, tensor in self._tensors().items():
+            tensor.copy_(state["storage"][key])
+        for key, array in self._arrays().items():
+            array[:] = state["host"][key].numpy()
+        self.written, self.span, self.size = state["written"], state["span"], state["size"]
+        self.generator.set_state(state["generator"])
+        self.end_episodes()
+
+
+class PrioritizedFrameReplayBuffer(FrameReplayBuffer):
+    """Prioritized replay (``PrioritizedReplayBuffer``'s rules) over a frame ring: the sum-tree holds
+    priorities instead of 0/1 weights, and start or stale slots keep priority 0."""
+
+    def __init__(self, *args: Any, alpha: float = 0.6, eps: float = 1e-6, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.alpha = alpha
+        self.eps = eps
+        self.max_priority = torch.ones((), dtype=self.tree.tree.dtype, device=self.device)  # largest p^α so far
+
+    def _entry_weight(self) -> Tensor:
+        return self.max_priority
+
+    def sample(self, batch_size: int, beta: float = 1.0) -> Transitions:
+        """Draw ``batch_size`` transitions by priority; they carry their slots and IS weights."""
+        self._check_can_sample(batch_size)
+        idx = stratified_draw(self.tree, batch_size, self.generator)
+        weights = importance_weights(self.tree, idx, self.size, beta)
+        return self._gather(idx)._replace(indices=idx, weights=weights)
+
+    def update_priorities(self, indices: Tensor, td_errors: Tensor) -> None:
+        """Set the priorities of slots ``indices`` ``[B]`` from their new ``|δ|`` ``[B]`` (the batch just
+        sampled: nothing is pushed between sampling a batch and learning from it)."""
+        priorities = priorities_of(td_errors, self.eps, self.alpha, self.tree.tree.dtype)
+        self.tree.set(indices, priorities)
+        torch.maximum(self.max_priority, priorities.max(), out=self.max_priority)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "max_priority": self.max_priority.cpu().clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.max_priority.copy_(state["max_priority"])
