@@ -195,7 +195,7 @@ class ReplayBuffer:
         return storage
 
     def state_dict(self) -> dict[str, Any]:
-        """Filled contents, write position and sampling RNG state, for exact resume.
+        """Filled contents, write position and sampling RNG state, for exact resume (see ``_snapshot``).
 
         The per-env open episodes (``tail``) are not saved: a resumed run starts new episodes.
         """
@@ -204,7 +204,7 @@ class ReplayBuffer:
             "pos": self.pos,
             "size": self.size,
             "generator": self.generator.get_state(),
-            "storage": {k: v[: self.size].cpu().clone() for k, v in self._storage().items()},
+            "storage": {k: _snapshot(v, self.size) for k, v in self._storage().items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -219,7 +219,20 @@ class ReplayBuffer:
             if key == "next_index" and key not in state["storage"]:
                 tensor.fill_(-1)  # a buffer saved one-step: no links
             else:
-                tensor[: state["size"]] = state["storage"][key].to(self.device)
+                tensor[: state["size"]] = state["storage"][key][: state["size"]].to(self.device)
         self.end_episodes()
         self.pos, self.size = state["pos"], state["size"]
         self.generator.set_state(state["generator"])
+
+
+def _snapshot(storage: Tensor, size: int) -> Tensor:
+    """What a checkpoint keeps of a storage tensor holding ``size`` filled rows.
+
+    A full CPU buffer is handed over as it is, not copied: ``torch.save`` then streams it from the
+    buffer's own memory into the file, so saving a multi-GB buffer does not double RAM. A partly
+    filled one is cut to its rows (a copy of at most what it holds); a device buffer is copied to
+    the host, which it must be anyway.
+    """
+    if storage.device.type == "cpu" and size == storage.shape[0]:
+        return storage
+    return storage[:size].cpu().clone()

@@ -25,7 +25,8 @@ from lit_dqn.checks import (
     check_positive,
 )
 from lit_dqn.distributed import episode_share, gather_to_rank_zero, rank_seed, world
-from lit_dqn.envs import env_spaces
+from lit_dqn.envs import env_spaces, is_atari, make_vec_env
+from lit_dqn.frames import FrameReplayBuffer, PrioritizedFrameReplayBuffer
 from lit_dqn.prioritized import PrioritizedReplayBuffer
 from lit_dqn.rollout import EnvRunner, ExplorationPolicy, GreedyPolicy, evaluate
 
@@ -88,7 +89,7 @@ class ReplayDataset(IterableDataset):
             due = self.warmup_steps + math.ceil((self.batches + 1) * runner.num_envs / self.updates_per_step)
             while runner.env_steps < due:
                 finished += runner.step(self.policy)
-            if isinstance(buffer, PrioritizedReplayBuffer):
+            if isinstance(buffer, PrioritizedReplayBuffer | PrioritizedFrameReplayBuffer):
                 transitions = buffer.sample(self.batch_size, beta=self.beta())
                 feedback = buffer.update_priorities
             else:
@@ -197,7 +198,10 @@ class GymDataModule(L.LightningDataModule):
         check_positive("data.priority_eps", priority_eps)
         self.save_hyperparameters()
         self.observation_space, self.action_space = env_spaces(env_id)
-        self.buffer: ReplayBuffer | None = None
+        if is_atari(env_id):  # the frame ring keeps a few episode starts' worth of slots per env
+            slots = 4 * num_envs * (self.observation_space.shape[0] + 1)
+            check_at_least("data.buffer_capacity", buffer_capacity, "4 * data.num_envs * (frames per stack + 1)", slots)
+        self.buffer: ReplayBuffer | FrameReplayBuffer | None = None
         self.runner: EnvRunner | None = None
         self.dataset: ReplayDataset | None = None
         self._resume_state: dict[str, Any] | None = None
@@ -256,25 +260,27 @@ class GymDataModule(L.LightningDataModule):
             "n_step": hp.n_step,
             "obs_dtype": self.obs_dtype,
         }
+        shape = self.observation_space.shape
+        # Atari's frame stacks share 3 of 4 frames with their neighbours: a frame ring stores each once.
+        frames = is_atari(hp.env_id)
         if hp.prioritized:
-            self.buffer = PrioritizedReplayBuffer(
-                hp.buffer_capacity,
-                self.observation_space.shape,
-                num_envs=hp.num_envs,
-                alpha=hp.priority_alpha,
-                eps=hp.priority_eps,
-                **kwargs,
+            prioritized = PrioritizedFrameReplayBuffer if frames else PrioritizedReplayBuffer
+            self.buffer = prioritized(
+                hp.buffer_capacity, shape, num_envs=hp.num_envs, alpha=hp.priority_alpha, eps=hp.priority_eps, **kwargs
             )
         else:
-            self.buffer = ReplayBuffer(hp.buffer_capacity, self.observation_space.shape, num_envs=hp.num_envs, **kwargs)
-        envs = gym.make_vec(hp.env_id, num_envs=hp.num_envs, vectorization_mode=hp.vectorization_mode)
+            self.buffer = (FrameReplayBuffer if frames else ReplayBuffer)(
+                hp.buffer_capacity, shape, num_envs=hp.num_envs, **kwargs
+            )
+        envs = make_vec_env(hp.env_id, hp.num_envs, training=True, vectorization_mode=hp.vectorization_mode)
         self.runner = EnvRunner(envs, self.buffer, seed=int(runner_seed.generate_state(1)[0]))
         saved = "saved in every checkpoint" if hp.save_replay_buffer else "not saved in checkpoints"
-        kind = "Prioritized replay buffer" if hp.prioritized else "Replay buffer"
+        kind = ("Prioritized replay" if hp.prioritized else "Replay") + (" frame ring" if frames else " buffer")
         per_rank = f" on each of {world_size} ranks" if world_size > 1 else ""
         per_transition = self.buffer.nbytes / hp.buffer_capacity
         rank_zero_info(
-            f"{kind}: {hp.buffer_capacity} transitions, {self.buffer.nbytes / 2**20:.1f} MiB on {device}{per_rank} "
+            f"{kind}: {hp.buffer_capacity} {'frames' if frames else 'transitions'}, "
+            f"{self.buffer.nbytes / 2**20:.1f} MiB on {device}{per_rank} "
             f"({per_transition:.0f} bytes each); {saved} (data.save_replay_buffer)"
         )
         policy = self.trainer.lightning_module.act
@@ -316,7 +322,7 @@ class GymDataModule(L.LightningDataModule):
             )
         if stage not in self._eval_envs:
             # ``vectorization_mode=None`` picks the env's batched implementation when it has one.
-            self._eval_envs[stage] = gym.make_vec(self.hparams.env_id, num_envs=count)
+            self._eval_envs[stage] = make_vec_env(self.hparams.env_id, count)
         dataset = EvaluationDataset(self._eval_envs[stage], self.trainer.lightning_module.greedy_actions, seed + offset)
         return DataLoader(dataset, batch_size=None, num_workers=0)
 

@@ -109,6 +109,8 @@ class FrameReplayBuffer:
         """
         obs, next_obs = np.asarray(obs), np.asarray(next_obs)
         n = len(obs)
+        if n == 0:  # every sub-env spent the step on its autoreset
+            return torch.zeros(0, dtype=torch.long, device=self.device)
         env_ids = np.arange(n) if env_ids is None else np.asarray(env_ids)
         continues = np.ones(n, dtype=bool) if continues is None else np.asarray(continues, dtype=bool)
         if n > len(self.head):
@@ -143,7 +145,7 @@ class FrameReplayBuffer:
             for _ in range(self.stack):
                 walk = self.host_prev[walk]
             self.oldest[slot] = self.serial[walk]
-            self.span = max(self.span, self.written - 1 - self.oldest[slot])
+            self.span = max(self.span, self.written - 1 - int(self.oldest[slot]))
             if self.last[env] >= 0:
                 self.next_index[int(self.last[env])] = slot
             self.head[env] = slot if continues[i] else -1
@@ -157,10 +159,11 @@ class FrameReplayBuffer:
         self.actions[at] = torch.as_tensor(actions, device=self.device).long()
         self.rewards[at] = torch.as_tensor(rewards, dtype=torch.float32, device=self.device)
         self.terminated[at] = torch.as_tensor(terminated, dtype=torch.bool, device=self.device)
-        self.tree.set(device_slots, torch.zeros(len(slots), device=self.device))
+        is_transition = torch.as_tensor(np.isin(slots, transitions), device=self.device)
         self.sampleable[transitions] = True
         self.size += n
-        self.tree.set(at, self._entry_weight().expand(n))
+        weights = torch.where(is_transition, self._entry_weight(), 0.0)  # start slots are never drawn
+        self.tree.set(device_slots, weights)
         self._drop_stale()
         return at
 
@@ -209,7 +212,8 @@ class FrameReplayBuffer:
         walk = [newest]
         for _ in range(self.stack - 1):
             walk.append(self.prev[walk[-1]])
-        return self.frames[torch.stack(walk[::-1], dim=1)]
+        slots = torch.stack(walk[::-1], dim=1)  # [B, K]
+        return self.frames.index_select(0, slots.flatten()).view(*slots.shape, *self.frames.shape[1:])
 
     def _gather(self, idx: Tensor) -> Transitions:
         """The transitions (or n-step windows) starting at slots ``idx`` ``[B]``."""

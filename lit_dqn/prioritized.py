@@ -152,7 +152,7 @@ class PrioritizedReplayBuffer(ReplayBuffer):
     def state_dict(self) -> dict[str, Any]:
         """The uniform buffer's state plus the priorities of the filled slots and the running maximum."""
         state = super().state_dict()
-        state["priorities"] = self.tree.tree[self.tree.leaves : self.tree.leaves + self.size].cpu().clone()
+        state["priorities"] = self.tree.tree[self.tree.leaves : self.tree.leaves + self.size].cpu().clone()  # 8 B each
         state["max_priority"] = self.max_priority.cpu().clone()
         return state
 

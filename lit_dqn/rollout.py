@@ -6,6 +6,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 from lit_dqn.buffer import ReplayBuffer
 
@@ -74,8 +75,9 @@ class EnvRunner:
     def state_dict(self) -> dict[str, Any]:
         """Counters, the exploration RNG and the sub-envs' own RNGs (for their next resets).
 
-        The envs' physical state is not saved: on resume every sub-env starts a fresh episode, drawn
-        from its saved RNG exactly as its next autoreset would have been. A run checkpointed between
+        The envs' physical state is not saved (Atari's emulator is, for its generator and the game a
+        lost life continues): on resume every sub-env starts a fresh episode, drawn from its saved RNG
+        exactly as its next autoreset would have been. A run checkpointed between
         episodes therefore continues exactly; an episode in progress is dropped (its transitions stay
         in the buffer, it is not counted as an episode).
         """
@@ -85,11 +87,15 @@ class EnvRunner:
             "epsilon": self.epsilon,
             "rng": self.rng.bit_generator.state,
             "env_rngs": _env_rngs(self.envs),
+            "emulators": _emulator_states(self.envs),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.env_steps, self.episodes, self.epsilon = state["env_steps"], state["episodes"], state["epsilon"]
         self.rng.bit_generator.state = state["rng"]
+        if state.get("emulators") is not None:
+            emulators = [{**s, "ale": s["ale"].numpy().tobytes()} for s in state["emulators"]]
+            self.envs.set_attr("emulator_state", emulators)
         if state["env_rngs"] is not None and _env_rngs(self.envs) is not None:
             self.envs.set_attr("np_random", [_generator(s) for s in state["env_rngs"]])
             self.obs, _ = self.envs.reset()
@@ -106,6 +112,16 @@ def _env_rngs(envs: gym.vector.VectorEnv) -> list[dict[str, Any]] | None:
     if not isinstance(envs, gym.vector.SyncVectorEnv | gym.vector.AsyncVectorEnv):
         return None
     return [copy.deepcopy(rng.bit_generator.state) for rng in envs.get_attr("np_random")]
+
+
+def _emulator_states(envs: gym.vector.VectorEnv) -> list[dict[str, Any]] | None:
+    """Each Atari sub-env's emulator state (``envs.EmulatorState``), bytes as a uint8 tensor so that
+    checkpoints load with ``weights_only=True``; ``None`` for other envs."""
+    try:
+        states = envs.get_attr("emulator_state")
+    except AttributeError:
+        return None
+    return [{**state, "ale": torch.frombuffer(bytearray(state["ale"]), dtype=torch.uint8)} for state in states]
 
 
 def _generator(state: dict[str, Any]) -> np.random.Generator:

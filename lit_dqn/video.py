@@ -23,7 +23,7 @@ from PIL import Image
 
 from lit_dqn.checkpoints import read_checkpoint
 from lit_dqn.checks import ConfigError
-from lit_dqn.envs import env_spaces, register_family
+from lit_dqn.envs import env_spaces, make_env
 from lit_dqn.module import DQN
 
 VIDEO_EXTRA = 'pip install "lit-dqn[video]"'
@@ -50,10 +50,9 @@ def make_render_env(env_id: str) -> RenderCollection:
     """The env drawing ``rgb_array`` frames, each episode's frames collected; one-line error if it cannot draw."""
     # Off-screen frames need no display; without this, SDL looks for one and prints an error headless.
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-    register_family(env_id)
     try:
         # Gymnasium's env checker would warn about MinAtar's float frames, which viewable() converts.
-        env = RenderCollection(gym.make(env_id, render_mode="rgb_array", disable_env_checker=True))
+        env = RenderCollection(make_env(env_id, render_mode="rgb_array", disable_env_checker=True))
         env.reset(seed=0)
         frames = env.render()  # the first draw is where a missing pygame shows
     except gym.error.DependencyNotInstalled:
@@ -115,10 +114,22 @@ def encode_gif(frames: Sequence[np.ndarray], fps: float) -> bytes:
     return buffer.getvalue()
 
 
+# Steps a recorded episode may last: a stuck agent (Breakout's that never presses FIRE) would
+# otherwise play to Atari's 27,000-step limit, holding every frame in memory (2.7 GB).
+MAX_VIDEO_STEPS = 10_000
+
+
 def record_episodes(
-    policy: Callable[[np.ndarray], np.ndarray], env_id: str, folder: Path, episodes: int, seed: int, fps: float | None
+    policy: Callable[[np.ndarray], np.ndarray],
+    env_id: str,
+    folder: Path,
+    episodes: int,
+    seed: int,
+    fps: float | None,
+    max_steps: int = MAX_VIDEO_STEPS,
 ) -> tuple[list[Recording], np.ndarray]:
-    """Play ``episodes`` episodes with ``policy`` from env seeds ``seed, seed + 1, ...``, one video each.
+    """Play ``episodes`` episodes with ``policy`` from env seeds ``seed, seed + 1, ...``, one video each,
+    each cut after ``max_steps`` steps.
 
     ``policy`` maps observations ``[1, *obs_shape]`` to actions ``[1]``. Returns the recordings and
     the first episode's frames at half size ``[T, H/2, W/2, 3]``, for TensorBoard.
@@ -131,7 +142,7 @@ def record_episodes(
         for episode in range(episodes):
             obs, _ = env.reset(seed=seed + episode)
             episode_return, length, done = 0.0, 0, False
-            while not done:
+            while not done and length < max_steps:
                 obs, reward, terminated, truncated, _ = env.step(policy(obs[None])[0])
                 episode_return += float(reward)
                 length += 1
