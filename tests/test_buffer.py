@@ -171,3 +171,15 @@ def test_n_step_push_of_more_rows_than_envs_fails_before_writing() -> None:
     with pytest.raises(ValueError, match="one transition per env"):
         push_range(buffer, 9, 3)
     assert torch.equal(buffer.obs, before) and buffer.pos == 0 and len(buffer) == 4
+
+
+def test_a_full_cpu_buffer_is_saved_without_a_copy_and_a_partial_one_without_its_empty_rows() -> None:
+    buffer = ReplayBuffer(8, (2,), seed=0)
+    buffer.push(torch.ones(5, 2), torch.zeros(5), torch.ones(5), torch.ones(5, 2), torch.zeros(5))
+    partial = buffer.state_dict()["storage"]["obs"]
+    assert partial.shape == (5, 2) and partial.data_ptr() != buffer.obs.data_ptr()
+    buffer.push(torch.ones(3, 2), torch.zeros(3), torch.ones(3), torch.ones(3, 2), torch.zeros(3))
+    assert buffer.state_dict()["storage"]["obs"].data_ptr() == buffer.obs.data_ptr()  # streamed by torch.save
+    copy = ReplayBuffer(8, (2,), seed=1)
+    copy.load_state_dict(buffer.state_dict())
+    assert torch.equal(copy.obs, buffer.obs) and len(copy) == 8

@@ -182,3 +182,13 @@ def test_prioritized_frames_sample_by_priority() -> None:
     assert torch.equal(buffer.sample(32).indices, slots[:1].expand(32))
     stream(buffer, steps=1, num_envs=1, seed=8)  # a new transition enters at the largest priority, 3
     assert buffer.tree.total.item() == pytest.approx(6.0)
+
+
+def test_saving_hands_over_the_cpu_storage_without_copying_it() -> None:
+    """A multi-GB ring must not double RAM when saved: its state shares the buffer's memory, and
+    ``torch.save`` streams it from there into the checkpoint file."""
+    buffer = FrameReplayBuffer(64, (4, 2, 2), seed=0)
+    stream(buffer, steps=40, num_envs=1, seed=9)
+    state = buffer.state_dict()
+    assert state["storage"]["frames"].data_ptr() == buffer.frames.data_ptr()
+    assert state["host"]["oldest"].data_ptr() == buffer.oldest.ctypes.data
