@@ -163,3 +163,17 @@ def test_without_ale_py_the_atari_configs_name_the_extra() -> None:
     assert result.stderr.strip().splitlines()[-1] == (
         "lit_dqn: error: data.env_id='ALE/Pong-v5' needs the atari extra: pip install \"lit-dqn[atari]\""
     )
+
+
+def test_prioritized_replay_trains_on_the_frame_ring(tmp_path: Path) -> None:
+    skip_without_extra(BREAKOUT)
+    cli, recorder = breakout_cli(tmp_path, "--trainer.max_steps=40", "--data.prioritized=true")
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert len(recorder.losses) == 40 and all(np.isfinite(recorder.losses))
+    saved = torch.load(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
+    buffer = saved["GymDataModule"]["buffer"]
+    tree = buffer["storage"]["weights"]  # the sum-tree: root at 1, leaves from len/2
+    leaves = tree[len(tree) // 2 :][: buffer["capacity"]]
+    sampleable = buffer["host"]["sampleable"]
+    assert buffer["max_priority"] > 0 and bool((leaves[sampleable] > 0).all()) and not leaves[~sampleable].any()
+    assert tree[1].item() == pytest.approx(leaves.sum().item())

@@ -7,6 +7,8 @@ import gymnasium as gym
 import pytest
 import yaml
 
+from lit_dqn.envs import register_family
+
 from .conftest import ROOT, make_cli, skip_without_extra
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -29,6 +31,8 @@ def early_stopping(config: Path) -> dict | None:
 def test_config_runs_on_its_env(config: Path, tmp_path: Path) -> None:
     env_id = yaml.safe_load(config.read_text())["data"]["env_id"]
     skip_without_extra(env_id)
+    if env_id == "ALE/Breakout-v5":
+        pytest.skip("trained in test_atari without validation: an untrained greedy agent never launches the ball")
     cli, recorder = make_cli(tmp_path, *TINY, config=config)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert cli.trainer.global_step == 150 and len(recorder.losses) == 150
@@ -43,4 +47,11 @@ def test_config_stops_above_its_env_threshold(config: Path) -> None:
         pytest.skip(f"{config.name} trains for a fixed budget")
     assert (stop["monitor"], stop["mode"]) == ("val/return_mean", "max")  # the greedy validation return
     env_id = yaml.safe_load(config.read_text())["data"]["env_id"]
-    assert stop["stopping_threshold"] > gym.spec(env_id).reward_threshold  # e.g. 495 for CartPole-v1's 475
+    register_family(env_id)
+    if env_id not in gym.registry:
+        pytest.skip(f"{env_id} needs an extra that is not installed")
+    threshold = gym.spec(env_id).reward_threshold
+    if threshold is None:  # Atari registers none: Pong's 20 is of the 21 a game allows
+        assert stop["stopping_threshold"] < 21
+    else:
+        assert stop["stopping_threshold"] > threshold  # e.g. 495 for CartPole-v1's 475
