@@ -25,12 +25,13 @@ RECORDED = re.compile(r"Recorded (\S+) \(return ([-\d.e+]+), (\d+) steps\)")
 
 
 def gif_frames(gif: Image.Image, fps: float = 50) -> int:
-    """Frames shown by a GIF at ``fps`` (CartPole's 50): Pillow merges identical frames into one longer one."""
+    """Frames shown by a GIF written at ``fps`` (CartPole's 50): Pillow merges identical frames into one
+    longer one, and GIF stores durations in whole centiseconds (15 fps: 60 ms a frame, not 67)."""
     total_ms = 0
     for index in range(gif.n_frames):
         gif.seek(index)
         total_ms += gif.info["duration"]
-    return round(total_ms * fps / 1000)
+    return round(total_ms / (round(1000 / fps) // 10 * 10))
 
 
 def video_frames(path: Path, fps: float = 50) -> tuple[int, tuple[int, int]]:
