@@ -1,10 +1,12 @@
-"""Where one training step's time goes, on ``configs/cartpole_tutorial.yaml`` (1 env step + 1 update).
+"""Where one update's time goes, on ``configs/cartpole_tutorial.yaml`` (1 env step + 1 update).
 
     python benchmarks/profile_step.py --steps 3000
+    python benchmarks/profile_step.py -- --data.updates_per_training_step 1   # one update per training step
 
 Wraps the functions a step calls with wall-clock timers (a few hundred ns each, unlike a tracing
 profiler's per-call overhead) and prints the time per step spent in each part after ``--warmup``
-steps. "Lightning loop" is the rest: hooks, the dataloader/fetcher and the progress bar.
+updates (figures are per update). "Lightning loop" is the rest: hooks, the dataloader/fetcher and
+the progress bar, paid once per training step, which holds ``data.updates_per_training_step`` updates.
 """
 
 import argparse
@@ -15,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
+import torch
 from benchmark import build_cli
 from lightning.pytorch.core.optimizer import LightningOptimizer
 
@@ -66,10 +69,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--config", default=str(ROOT / "configs/cartpole_tutorial.yaml"))
+    parser.add_argument("extra", nargs="*", help="lit_dqn CLI overrides, after --")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as root:
-        cli = build_cli(args.config, root, "cpu", [f"--trainer.max_steps={args.warmup + args.steps}"])
+        cli = build_cli(args.config, root, "cpu", [f"--trainer.max_steps={args.warmup + args.steps}", *args.extra])
         window = Window(args.warmup)
         cli.trainer.callbacks.append(window)
         import gymnasium as gym
@@ -81,11 +85,11 @@ def main() -> None:
         timed(DQN, "training_step", "training_step total")
         timed(module, "td_targets", "  TD targets")
         timed(module, "td_loss", "  Huber loss")
-        timed(DQN, "manual_backward", "  backward")
-        timed(DQN, "clip_gradients", "  gradient clipping")
+        timed(torch.autograd, "backward", "  backward")
+        timed(torch.nn.utils, "clip_grad_value_", "  gradient clipping")
         timed(LightningOptimizer, "step", "  AdamW step (fused)")
-        timed(DQN, "on_train_batch_end", "soft update (on_train_batch_end)")
-        timed(DQN, "on_train_batch_start", "episode logging (on_train_batch_start)")
+        timed(DQN, "_after_collection", "stop checks (_after_collection)")
+        timed(DQN, "_after_burst", "episode logging (_after_burst)")
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
 
     per_step = {k: v / window.steps * 1e6 for k, v in TOTALS.items()}
@@ -96,8 +100,8 @@ def main() -> None:
         "buffer push",
         "buffer sample",
         "training_step total",
-        "soft update (on_train_batch_end)",
-        "episode logging (on_train_batch_start)",
+        "stop checks (_after_collection)",
+        "episode logging (_after_burst)",
     ]
     inner = [k for k in per_step if k.startswith("  ")]
     per_step["  forward passes and the rest"] = per_step["training_step total"] - sum(per_step[k] for k in inner)

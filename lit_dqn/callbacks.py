@@ -33,14 +33,14 @@ class EpisodeProgressBar(TQDMProgressBar):
 
 
 class GracefulStop(L.Callback):
-    """Ctrl-C (SIGINT) or SIGTERM ends training after the current step, and ``last.ckpt`` always
+    """Ctrl-C (SIGINT) or SIGTERM ends training after the current update, and ``last.ckpt`` always
     holds the state training ended in (signal, ``max_steps``, ``max_episodes`` or early stopping).
 
-    The signal only sets ``trainer.should_stop``, so the step in progress finishes and the saved
-    state is consistent (buffer, counters, optimizer and target network all after the same update).
-    With several ranks (DDP) the request waits for the next step's start, where the module shares it
-    with every rank, so all stop after the same update. A second Ctrl-C interrupts at once, as usual.
-    ``signum`` tells the CLI which signal ended the run.
+    The signal only sets ``trainer.should_stop``, so the update in progress finishes (the module ends
+    a burst there) and the saved state is consistent (buffer, counters, optimizer and target network
+    all after the same update). With several ranks (DDP) the request waits for the next training
+    step's start, where the module shares it with every rank, so all stop after the same update. A
+    second Ctrl-C interrupts at once, as usual. ``signum`` tells the CLI which signal ended the run.
     """
 
     def __init__(self) -> None:

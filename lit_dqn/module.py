@@ -2,7 +2,7 @@
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,6 +13,7 @@ from torch import Tensor
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 from torchmetrics.aggregation import RunningMean
 
+from lit_dqn.buffer import Transitions
 from lit_dqn.checks import (
     ConfigError,
     check_at_most,
@@ -21,11 +22,12 @@ from lit_dqn.checks import (
     check_positive,
     check_sizes,
 )
-from lit_dqn.data import ReplayBatch
+from lit_dqn.data import ReplayBurst
 from lit_dqn.distributed import gather_objects, sum_over_ranks, world
 from lit_dqn.exploration import exponential_epsilon, linear_epsilon
 from lit_dqn.losses import td_errors, td_loss, td_targets
 from lit_dqn.networks import DuelingQNetwork, QNetwork, soft_update
+from lit_dqn.optimization import plain_backward_is_exact
 
 
 class NonFiniteLossError(RuntimeError):
@@ -121,6 +123,7 @@ class DQN(L.LightningModule):
         self._loss_finite: Tensor | None = None  # every TD loss since the last check was finite
         self._updates_checked = 0  # updates whose loss is known to be finite
         self._world_size = 1  # processes training together (DDP ranks), from on_train_start
+        self._plain_backward = False  # loss.backward() does all that manual_backward would, from on_train_start
         self.progress: dict[str, float] = {}  # shown by lit_dqn.callbacks.EpisodeProgressBar
         # Several ranks (DDP): this rank's episodes not yet gathered, and the job's totals over all
         # ranks, agreed every step (see _sync_ranks).
@@ -171,29 +174,35 @@ class DQN(L.LightningModule):
             actions = np.where(explore, actions, self.greedy_actions(obs))
         return actions, eps
 
-    def on_train_batch_start(self, batch: ReplayBatch, batch_idx: int) -> None:
-        """Record the episodes that ended while this batch was collected.
+    def _after_collection(self, burst: ReplayBurst) -> None:
+        """Before each update: stop after it once ``max_episodes`` episodes ended.
+
+        With several ranks, one small all-reduce shares the job's episode and env-step counts and
+        any stop request (Ctrl-C, SIGTERM, ``max_episodes``), so every rank stops after the same update.
+        """
+        if self._world_size > 1:
+            self._sync_ranks(burst.episodes, burst.env_steps)
+        elif self.hparams.max_episodes is not None and burst.episodes >= self.hparams.max_episodes:
+            self.trainer.should_stop = True
+
+    def _after_burst(self, burst: ReplayBurst, batch_idx: int) -> None:
+        """Record the episodes that ended during the burst; on logging steps, log their 100-episode means.
 
         With several ranks they wait on this rank until a logging step, when every rank's episodes
         are gathered and recorded in rank order (one collective per logging step, not per episode).
         """
-        if batch.episode_lengths:
+        if burst.finished:
+            returns, lengths = zip(*burst.finished, strict=True)
             if self._world_size == 1:
-                self._record_episodes(batch.episode_returns, batch.episode_lengths)
-                self.progress["episodes"] = batch.episodes
+                self._record_episodes(returns, lengths)
+                self.progress["episodes"] = burst.episodes
             else:
-                self._pending_episodes.extend(zip(batch.episode_returns, batch.episode_lengths, strict=True))
-            self.progress["return"] = batch.episode_returns[-1]
-            self.progress["duration"] = batch.episode_lengths[-1]
-        self.progress["eps"] = round(batch.epsilon, 3)
-        if self._world_size > 1:
-            self._sync_ranks(batch.episodes, batch.env_steps)
+                self._pending_episodes.extend(burst.finished)
+            self.progress["return"], self.progress["duration"] = burst.finished[-1]
+        self.progress["eps"] = round(burst.epsilon, 3)
         if self._is_logging_step(batch_idx):
             self._gather_episodes()
             self._log_episode_means()
-        max_episodes = self.hparams.max_episodes
-        if max_episodes is not None and self._world_size == 1 and batch.episodes >= max_episodes:
-            self.trainer.should_stop = True
 
     def _gather_episodes(self) -> None:
         """Record every rank's episodes that ended since the last call, in rank order (DDP only)."""
@@ -235,40 +244,63 @@ class DQN(L.LightningModule):
         self.progress["duration100"] = round(means["train/episode_duration_mean100"], 1)
         self._mean_logged_at = last
 
-    def training_step(self, batch: ReplayBatch, batch_idx: int) -> Tensor:
-        """One DQN update on a replay batch: TD targets from the target network, Huber loss, AdamW step."""
-        obs, actions, rewards, next_obs, terminated, steps, indices, weights = batch.transitions
-        q_values = self.policy_net(obs)  # [B, n_actions]
-        with torch.no_grad():
-            next_q_target = self.target_net(next_obs)  # [B, n_actions]
-            next_q_online = self.policy_net(next_obs) if self.hparams.double_dqn else None
-        targets = td_targets(rewards, next_q_target, terminated, self.hparams.gamma, next_q_online, steps)
-        loss = td_loss(q_values, actions, targets, weights)
-        self._loss_finite.logical_and_(torch.isfinite(loss))  # read on logging steps and before saves
-
-        optimizer = self.optimizers()
-        optimizer.zero_grad()
-        self.manual_backward(loss)
-        if self.hparams.grad_clip_value is not None:
-            self.clip_gradients(optimizer, self.hparams.grad_clip_value, gradient_clip_algorithm="value")
-        optimizer.step()
-        if batch.update_priorities is not None:  # prioritized replay: the TD errors are the new priorities
-            batch.update_priorities(indices, td_errors(q_values, actions, targets))
-
+    def training_step(self, burst: ReplayBurst, batch_idx: int) -> Tensor:
+        """``burst.updates`` DQN updates (``data.updates_per_training_step``), each on a replay batch
+        drawn after the env took its next steps with the weights of the update before."""
+        for transitions in burst:
+            self._after_collection(burst)
+            loss, q_values = self._update(transitions, burst.update_priorities)
+            if self.trainer.should_stop:  # max_episodes, Ctrl-C or SIGTERM: stop after this update
+                break
+        self._after_burst(burst, batch_idx)
         if self._is_logging_step(batch_idx):
             self._check_loss_finite()
             self.log_dict(
                 {
                     "train/loss": loss.detach(),
                     "train/q_mean": q_values.detach().mean(),
-                    "train/epsilon": batch.epsilon,
-                    "train/replay_size": float(batch.replay_size),
-                    "train/env_steps": float(batch.env_steps if self._world_size == 1 else self.job_env_steps),
-                    "train/episodes": float(batch.episodes if self._world_size == 1 else self.job_episodes),
+                    "train/epsilon": burst.epsilon,
+                    "train/replay_size": float(burst.replay_size),
+                    "train/env_steps": float(burst.env_steps if self._world_size == 1 else self.job_env_steps),
+                    "train/episodes": float(burst.episodes if self._world_size == 1 else self.job_episodes),
+                    "step": float(self.global_step - 1),  # x axis: the index of the update these values are of
                 },
-                batch_size=obs.shape[0],
+                batch_size=q_values.shape[0],
             )
         return loss.detach()
+
+    def _update(
+        self, transitions: Transitions, update_priorities: Callable[[Tensor, Tensor], None] | None
+    ) -> tuple[Tensor, Tensor]:
+        """One DQN update: TD targets from the target network, Huber loss, AdamW step, then the target
+        update θ′ ← τθ + (1−τ)θ′ every ``target_update_interval``-th update. Returns the loss and the
+        Q-values ``[B, n_actions]``."""
+        obs, actions, rewards, next_obs, terminated, steps, indices, weights = transitions
+        hp = self.hparams
+        q_values = self.policy_net(obs)  # [B, n_actions]
+        with torch.no_grad():
+            next_q_target = self.target_net(next_obs)  # [B, n_actions]
+            next_q_online = self.policy_net(next_obs) if hp.double_dqn else None
+        targets = td_targets(rewards, next_q_target, terminated, hp.gamma, next_q_online, steps)
+        loss = td_loss(q_values, actions, targets, weights)
+        self._loss_finite.logical_and_(torch.isfinite(loss))  # read on logging steps and before saves
+
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        if self._plain_backward:  # what manual_backward and clip_gradients do here, without their hook calls
+            loss.backward()
+            if hp.grad_clip_value is not None:
+                torch.nn.utils.clip_grad_value_(self._soft_update_pairs[1], hp.grad_clip_value)
+        else:
+            self.manual_backward(loss)
+            if hp.grad_clip_value is not None:
+                self.clip_gradients(optimizer, hp.grad_clip_value, gradient_clip_algorithm="value")
+        optimizer.step()  # Lightning's step: it counts global_step and calls on_before_optimizer_step
+        if update_priorities is not None:  # prioritized replay: the TD errors are the new priorities
+            update_priorities(indices, td_errors(q_values, actions, targets))
+        if self.global_step % hp.target_update_interval == 0:
+            soft_update(*self._soft_update_pairs, hp.tau)
+        return loss, q_values
 
     def _check_loss_finite(self) -> None:
         """Stop if any TD loss since the last check was NaN or infinite.
@@ -311,18 +343,14 @@ class DQN(L.LightningModule):
         """
         self._soft_update_pairs = (list(self.target_net.parameters()), list(self.policy_net.parameters()))
         self._world_size = world()[1]
+        self._plain_backward = plain_backward_is_exact(self.trainer)
         self._loss_finite = torch.ones((), dtype=torch.bool, device=self.device)
         self._updates_checked = self.global_step
         for group in self.optimizers(use_pl_optimizer=False).param_groups:
             group["lr"] = self.hparams.lr
 
-    def on_train_batch_end(self, outputs: Tensor, batch: ReplayBatch, batch_idx: int) -> None:
-        """Target update θ′ ← τθ + (1−τ)θ′ after every ``target_update_interval``-th optimizer step."""
-        if self.global_step % self.hparams.target_update_interval == 0:
-            soft_update(*self._soft_update_pairs, self.hparams.tau)
-
     def _sync_ranks(self, episodes: int, env_steps: int) -> None:
-        """One small all-reduce per step (DDP): the job's episodes and env steps (summed over ranks),
+        """One small all-reduce per update (DDP): the job's episodes and env steps (summed over ranks),
         and whether any rank must stop (Ctrl-C, SIGTERM, ``max_episodes``). Stop requests take
         effect here, before the update, so every rank stops after the same update: a rank that
         stopped alone would leave the others waiting in DDP's gradient all-reduce."""
@@ -373,6 +401,8 @@ class DQN(L.LightningModule):
             batch_size=int(count),
             sync_dist=world_size > 1,
         )
+        if self.trainer.state.fn == "fit":  # x axis: the updates done, whatever a training step holds
+            self.log("step", float(self.global_step), batch_size=int(count))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # The fused kernel updates all parameters in one call instead of a Python loop over

@@ -46,6 +46,7 @@ class FitRun:
 # A short CPU run of the default config, shared by the tests that read what a fit leaves behind.
 SHORT_FIT = (
     "--trainer.accelerator=cpu",
+    "--data.updates_per_training_step=1",  # one update per training step: the intervals below count updates
     "--trainer.max_steps=600",
     "--trainer.val_check_interval=300",
     "--trainer.log_every_n_steps=50",
@@ -69,10 +70,8 @@ class StepRecorder(L.Callback):
         self.losses: list[float] = []
         self.episode_ended: list[bool] = []
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.episode_ended.append(bool(batch.episode_lengths))
-
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.episode_ended.append(bool(batch.finished))
         self.losses.append(outputs["loss"].item())
 
     def on_train_end(self, trainer, pl_module) -> None:
@@ -84,7 +83,9 @@ def make_cli(root: Path, *overrides: str, config: Path = CONFIG) -> tuple[DQNCLI
     """``lit_dqn fit --config CONFIG OVERRIDES`` (default: configs/cartpole.yaml) on the CPU, in-process
     and not yet run, writing under ``root``, with a ``StepRecorder`` attached."""
     args = ["--config", str(config), "--trainer.accelerator=cpu", f"--trainer.default_root_dir={root}"]
-    args += ["--trainer.enable_model_summary=false"]
+    # One update per training step, so the tests' max_steps, val_check_interval and log_every_n_steps
+    # all count updates; a test of the shipped configs' bursts passes their own value after this one.
+    args += ["--trainer.enable_model_summary=false", "--data.updates_per_training_step=1"]
     with mock.patch.object(sys, "argv", ["lit_dqn"]):  # pytest's own arguments are not the CLI's
         cli = DQNCLI(DQN, GymDataModule, args=[*args, *overrides], run=False)
     recorder = StepRecorder()

@@ -108,7 +108,7 @@ def test_linear_epsilon_spans_its_share_of_training(tmp_path) -> None:
     seen: list[tuple[int, float]] = []
 
     class Record(L.Callback):
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             seen.append((batch.env_steps, batch.epsilon))
 
     cli.trainer.callbacks.append(Record())
@@ -128,11 +128,23 @@ class PrioritizedCheck(L.Callback):
         self.beta_start, self.alpha = beta_start, alpha
         self.checked = self.weighted = 0
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        t, buffer = batch.transitions, trainer.datamodule.buffer
+    def on_train_start(self, trainer, pl_module) -> None:
+        """Keep each batch the learner draws (it is drawn inside the training step)."""
+        buffer = trainer.datamodule.buffer
+        sample = buffer.sample
+
+        def keep(*args, **kwargs):
+            self.transitions = sample(*args, **kwargs)
+            return self.transitions
+
+        buffer.sample = keep
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        """After the backward pass, before the weights and priorities change."""
+        t, buffer = self.transitions, trainer.datamodule.buffer
         beta = self.beta_start + (1 - self.beta_start) * trainer.global_step / trainer.max_steps
         probabilities = buffer.tree.get(t.indices) / buffer.tree.total
-        weights = (batch.replay_size * probabilities) ** -beta
+        weights = (len(buffer) * probabilities) ** -beta
         assert torch.allclose(t.weights, (weights / weights.max()).float())
         with torch.no_grad():
             q = pl_module.policy_net(t.obs)
@@ -146,7 +158,7 @@ class PrioritizedCheck(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         assert torch.allclose(outputs["loss"], self.expected_loss)
-        stored = trainer.datamodule.buffer.tree.get(batch.transitions.indices)
+        stored = trainer.datamodule.buffer.tree.get(self.transitions.indices)
         assert torch.allclose(stored, self.expected_priorities)
         self.checked += 1
 

@@ -4,10 +4,16 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from lit_dqn.cli import DQNCLI
 
-from .conftest import ROOT, make_cli
+from .conftest import CONFIG, ROOT, make_cli
+
+# The default config's updates per training step, as users run it (make_cli sets 1, for tests that count updates).
+SHIPPED_BURST = "--data.updates_per_training_step={}".format(
+    yaml.safe_load(CONFIG.read_text())["data"]["updates_per_training_step"]
+)
 
 
 def fit_default_config(tmp_path: Path, *overrides: str) -> tuple[DQNCLI, list[float]]:
@@ -31,12 +37,46 @@ def test_same_seed_gives_identical_losses_and_weights(tmp_path) -> None:
     assert losses_c != losses_a
 
 
+def test_bursts_learn_exactly_what_single_updates_learn(tmp_path, monkeypatch) -> None:
+    """``data.updates_per_training_step`` changes how often Lightning's loop runs, not what is learned:
+    bursts of 7 updates (the last one cut to the 400 updates of max_steps) give the same per-update
+    losses, weights, optimizer state, episodes and validation as one update per training step."""
+    import lit_dqn.module
+
+    td_loss = lit_dqn.module.td_loss
+
+    def fit(root: Path, burst: int) -> tuple[DQNCLI, list[float]]:
+        losses: list[float] = []
+
+        def recorded(*args, **kwargs):
+            loss = td_loss(*args, **kwargs)
+            losses.append(loss.item())
+            return loss
+
+        monkeypatch.setattr(lit_dqn.module, "td_loss", recorded)
+        short = ["--trainer.max_steps=400", "--data.warmup_steps=300", f"--trainer.val_check_interval={196 // burst}"]
+        cli, _ = fit_default_config(root, "--seed_everything=3", *short, f"--data.updates_per_training_step={burst}")
+        return cli, losses
+
+    one, losses_one = fit(tmp_path / "one", 1)
+    burst, losses_burst = fit(tmp_path / "burst", 7)
+    assert len(losses_one) == 400 and losses_burst == losses_one  # bitwise
+    assert burst.trainer.global_step == 400 and burst.trainer.fit_loop.epoch_loop.batch_progress.total.completed == 58
+    assert burst.model.episode_durations == one.model.episode_durations
+    assert burst.trainer.callback_metrics["val/return_mean"] == one.trainer.callback_metrics["val/return_mean"]
+    for x, y in zip(burst.model.state_dict().values(), one.model.state_dict().values(), strict=True):
+        assert torch.equal(x, y)
+    moments = [s for s in one.trainer.optimizers[0].state_dict()["state"].values()]
+    for a, b in zip(burst.trainer.optimizers[0].state_dict()["state"].values(), moments, strict=True):
+        assert all(torch.equal(a[key], b[key]) for key in a)
+
+
 def test_learns_cartpole_well_above_random(tmp_path) -> None:
     """Learning regression: a random policy lasts ~22 steps. Within 5k updates the default config's
     greedy policy lasts far longer on unseen start states (seed 0, measured: best validation 317 by
     5k updates and 500 at 6k; the last 20 training episodes, with ε-greedy exploration, average ~214
     steps at 5k)."""
-    cli, losses = fit_default_config(tmp_path, "--seed_everything=0", "--trainer.max_steps=5000")
+    cli, losses = fit_default_config(tmp_path, "--seed_everything=0", "--trainer.max_steps=5000", SHIPPED_BURST)
     best_val = cli.trainer.checkpoint_callback.best_model_score.item()
     durations = cli.model.episode_durations
     recent = sum(durations[-20:]) / 20
@@ -50,7 +90,7 @@ def test_learns_cartpole_well_above_random(tmp_path) -> None:
 def test_default_config_solves_cartpole(seed: int, tmp_path) -> None:
     """The product: from a fresh seed, the default config's best checkpoint scores a greedy
     100-episode mean of at least 475 on test seeds that validation never used."""
-    cli, _ = fit_default_config(tmp_path, f"--seed_everything={seed}")
+    cli, _ = fit_default_config(tmp_path, f"--seed_everything={seed}", SHIPPED_BURST)
     assert cli.trainer.checkpoint_callback.best_model_score.item() >= 475
     test = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)[0]
     assert test["test/return_mean"] >= 475
