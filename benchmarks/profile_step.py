@@ -78,41 +78,45 @@ def main() -> None:
         cli.trainer.callbacks.append(window)
         import gymnasium as gym
 
-        timed(gym.vector.SyncVectorEnv, "step", "env step (gymnasium)")
-        timed(DQN, "act", "action selection (ε-greedy, forward)")
-        timed(ReplayBuffer, "push", "buffer push")
-        timed(ReplayBuffer, "sample", "buffer sample")
-        timed(DQN, "training_step", "training_step total")
-        timed(module, "td_targets", "  TD targets")
-        timed(module, "td_loss", "  Huber loss")
-        timed(torch.autograd, "backward", "  backward")
-        timed(torch.nn.utils, "clip_grad_value_", "  gradient clipping")
-        timed(LightningOptimizer, "step", "  AdamW step (fused)")
-        timed(DQN, "_after_collection", "stop checks (_after_collection)")
-        timed(DQN, "_after_burst", "episode logging (_after_burst)")
+        # (label, owner, attribute); indented labels are parts of the unindented one above them
+        parts = [
+            ("training_step", DQN, "training_step"),
+            ("  env step (gymnasium)", gym.vector.SyncVectorEnv, "step"),
+            ("  action selection (ε-greedy, forward)", DQN, "act"),
+            ("  buffer push", ReplayBuffer, "push"),
+            ("  buffer sample", ReplayBuffer, "sample"),
+            ("  stop checks (_after_collection)", DQN, "_after_collection"),
+            ("  update (_update)", DQN, "_update"),
+            ("    TD targets", module, "td_targets"),
+            ("    Huber loss", module, "td_loss"),
+            ("    backward", torch.autograd, "backward"),
+            ("    gradient clipping", torch.nn.utils, "clip_grad_value_"),
+            ("    AdamW step (Lightning's, fused)", LightningOptimizer, "step"),
+            ("    soft update", module, "soft_update"),
+            ("  episode logging (_after_burst)", DQN, "_after_burst"),
+        ]
+        for label, owner, name in parts:
+            timed(owner, name, label)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
 
-    per_step = {k: v / window.steps * 1e6 for k, v in TOTALS.items()}
+    per_update = {label: TOTALS[label] / window.steps * 1e6 for label, _, _ in parts}
     total = window.elapsed / window.steps * 1e6
-    top_level = [
-        "env step (gymnasium)",
-        "action selection (ε-greedy, forward)",
-        "buffer push",
-        "buffer sample",
-        "training_step total",
-        "stop checks (_after_collection)",
-        "episode logging (_after_burst)",
-    ]
-    inner = [k for k in per_step if k.startswith("  ")]
-    per_step["  forward passes and the rest"] = per_step["training_step total"] - sum(per_step[k] for k in inner)
-    accounted = sum(per_step.get(k, 0.0) for k in top_level)
-    print(f"{args.steps} steps of {Path(args.config).name} after {args.warmup}: {total:.0f} us/step")
-    print(f"{'part':<42} {'us/step':>8} {'share':>6}")
-    for key, value in per_step.items():
-        print(f"{key:<42} {value:>8.0f} {value / total:>6.0%}")
-    rest = total - accounted
-    print(f"{'Lightning loop (hooks, fetcher, progress bar)':<42} {rest:>8.0f} {rest / total:>6.0%}")
-    print("(indented: inside training_step; the forward passes of the online and target nets are in the rest)")
+
+    def rest_of(parent: str, depth: int) -> float:
+        """The parent's time not spent in its timed parts (those indented ``depth`` spaces)."""
+        return per_update[parent] - sum(v for k, v in per_update.items() if len(k) - len(k.lstrip()) == depth)
+
+    rows = list(per_update.items())
+    at = [label for label, _ in rows].index("  episode logging (_after_burst)")
+    rows.insert(at, ("    forward passes and the rest", rest_of("  update (_update)", 4)))
+    rows.append(("  Python around the env steps and the sample", rest_of("training_step", 2)))
+    rows.append(("Lightning loop (hooks, fetcher, progress bar)", total - per_update["training_step"]))
+    k = cli.datamodule.hparams.updates_per_training_step
+    print(f"{args.steps} updates of {Path(args.config).name} after {args.warmup}, {k} per training step:")
+    print(f"{'part':<52} {'us/update':>9} {'share':>6}")
+    for label, value in [("total", total), *rows]:
+        print(f"{label:<52} {value:>9.0f} {value / total:>6.0%}")
+    print("(indented: parts of the line above; the forward passes of the online and target nets are in the rest)")
 
 
 if __name__ == "__main__":
