@@ -1,5 +1,6 @@
 """Callbacks: episode statistics on the progress bar, and a clean stop on Ctrl-C or SIGTERM."""
 
+import math
 import signal
 import sys
 import threading
@@ -22,9 +23,14 @@ class EpisodeProgressBar(TQDMProgressBar):
 
     @property
     def total_train_batches(self) -> int | float:
-        """The replay stream reports ``sys.maxsize`` batches (see ``ReplayDataset.__len__``): show it as open-ended."""
+        """Training steps left: Lightning counts the updates ``trainer.max_steps`` leaves, and a step
+        holds ``data.updates_per_training_step`` of them. The replay stream reports ``sys.maxsize``
+        batches (see ``ReplayDataset.__len__``): with no step limit the bar is open-ended."""
         total = super().total_train_batches
-        return float("inf") if total >= sys.maxsize else total
+        if total >= sys.maxsize:
+            return float("inf")
+        hparams = getattr(self.trainer.datamodule, "hparams", {})
+        return math.ceil(total / hparams.get("updates_per_training_step", 1))
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         metrics = super().get_metrics(trainer, pl_module)

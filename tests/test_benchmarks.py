@@ -18,7 +18,7 @@ def run_script(*args: str) -> str:
 def test_benchmark_prints_throughput_with_floors_and_a_solve_table() -> None:
     out = run_script(
         "benchmarks/benchmark.py", "--steps", "30", "--warmup", "10", "--rounds", "1", "--seeds", "0",
-        "--", "--trainer.max_steps=300", "--trainer.val_check_interval=150", "--data.warmup_steps=256",
+        "--", "--trainer.max_steps=300", "--trainer.val_check_interval=15", "--data.warmup_steps=256",
         "--data.eval_episodes=5",
     )  # fmt: skip
     floors = ("floor: update alone", "floor: env + acting + push alone", "floor: Lightning loop")
@@ -61,7 +61,7 @@ def test_replay_benchmark_prints_uniform_and_prioritized_costs() -> None:
 def test_ddp_benchmark_compares_one_and_two_processes() -> None:
     out = run_script(
         "benchmarks/ddp.py", "--steps", "40", "--warmup", "10", "--rounds", "1", "--seeds", "0",
-        "--", "--trainer.max_steps=120", "--trainer.val_check_interval=60", "--data.warmup_steps=256",
+        "--", "--trainer.max_steps=120", "--trainer.val_check_interval=6", "--data.warmup_steps=256",
         "--data.eval_episodes=4",
     )  # fmt: skip
     rows = [line.split() for line in out.splitlines() if line.split() and line.split()[0] in ("1", "2")]

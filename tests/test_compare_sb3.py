@@ -16,7 +16,7 @@ def test_compare_sb3_prints_both_agents_on_the_same_seed() -> None:
     pytest.importorskip("stable_baselines3")
     out = run_script(
         "benchmarks/compare_sb3.py", "--env", "CartPole-v1", "--seeds", "0", "--sb3-steps", "2000", "--threads", "1",
-        "--", "--trainer.max_steps=300", "--trainer.val_check_interval=150", "--data.warmup_steps=300",
+        "--", "--trainer.max_steps=300", "--trainer.val_check_interval=15", "--data.warmup_steps=300",
         "--data.eval_episodes=10",
     )  # fmt: skip
     assert out.startswith("$ python benchmarks/compare_sb3.py --env CartPole-v1") and "stable-baselines3" in out
