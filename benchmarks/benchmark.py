@@ -63,11 +63,13 @@ def build_cli(config: str, root: str, device: str, extra: list[str]):
 
 
 class SteadyStateTimer(L.Callback):
-    """Times training steps ``warmup`` to the end of fit, and the env steps taken meanwhile."""
+    """Times the updates from the training step that starts at or after update ``warmup`` to the end
+    of fit, and the env steps taken meanwhile (a training step may hold several updates)."""
 
     def __init__(self, warmup: int) -> None:
         self.warmup = warmup
-        self.start = self.start_env_steps = 0.0
+        self.start: float | None = None
+        self.start_env_steps = self.start_updates = 0
         self.elapsed = self.updates = self.env_steps = 0.0
 
     def _sync(self, pl_module: L.LightningModule) -> None:
@@ -75,15 +77,15 @@ class SteadyStateTimer(L.Callback):
             torch.cuda.synchronize()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.warmup:
+        if self.start is None and trainer.global_step >= self.warmup:
             self._sync(pl_module)
             self.start = time.perf_counter()
-            self.start_env_steps = batch.env_steps
+            self.start_env_steps, self.start_updates = batch.env_steps, trainer.global_step
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._sync(pl_module)
         self.elapsed = time.perf_counter() - self.start
-        self.updates = trainer.global_step - self.warmup
+        self.updates = trainer.global_step - self.start_updates
         self.env_steps = trainer.datamodule.runner.env_steps - self.start_env_steps
 
 
@@ -224,6 +226,14 @@ def throughput_table(args: argparse.Namespace) -> None:
     per_round = ", ".join(f"{a['env_steps_per_s']:.0f}/{b['env_steps_per_s']:.0f}" for a, b in pairs)
     print(f"ratio lit_dqn / tutorial: {ratio:.2f}x (env steps/s per round, lit_dqn/tutorial: {per_round})")
     floor_us = update_us + collect_us + loop_us
+    per_round = ", ".join(
+        f"{1e6 / a['env_steps_per_s'] / (f['update_us'] + f['collect_us'] + f['loop_us']):.2f}"
+        for a, f in zip(lit, floors, strict=True)
+    )
+    print(
+        f"lit_dqn / the three floors: {us['lit_dqn'] / floor_us:.2f}x ({us['lit_dqn']:.0f} / {floor_us:.0f} us, "
+        f"medians; per round: {per_round})"
+    )
     print(
         f"2x the tutorial needs <= {us['tutorial (reference)'] / 2:.0f} us/step; the three floors add up to "
         f"{floor_us:.0f} us (update {update_us:.0f} + env, acting and push {collect_us:.0f} + Lightning's loop "

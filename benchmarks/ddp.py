@@ -39,7 +39,9 @@ class DDPTimer(L.Callback):
 
     def __init__(self, out: str, warmup: int = 0) -> None:
         self.out, self.warmup = Path(out), warmup
-        self.start = self.fit_start = 0.0
+        self.start: float | None = None
+        self.fit_start = 0.0
+        self.start_updates = 0
         self.start_env_steps = 0
         self.best = float("-inf")
         self.best_at: dict[str, float] = {}
@@ -53,8 +55,8 @@ class DDPTimer(L.Callback):
         self.fit_start = time.perf_counter()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.warmup:
-            self.start = time.perf_counter()
+        if self.start is None and trainer.global_step >= self.warmup:  # a training step may hold several updates
+            self.start, self.start_updates = time.perf_counter(), trainer.global_step
             self.start_env_steps = batch.env_steps * trainer.world_size  # the same on every rank here
 
     def on_validation_end(self, trainer, pl_module) -> None:
@@ -71,7 +73,7 @@ class DDPTimer(L.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         elapsed = time.perf_counter() - self.start
-        updates = trainer.global_step - self.warmup
+        updates = trainer.global_step - self.start_updates
         env_steps = self._job_env_steps(trainer, pl_module) - self.start_env_steps
         if trainer.global_rank == 0:
             result = {"env_steps_per_s": env_steps / elapsed, "updates_per_s": updates / elapsed, **self.best_at}

@@ -251,9 +251,10 @@ class DQN(L.LightningModule):
     def training_step(self, burst: ReplayBurst, batch_idx: int) -> Tensor:
         """``burst.updates`` DQN updates (``data.updates_per_training_step``), each on a replay batch
         drawn after the env took its next steps with the weights of the update before."""
+        update_priorities = burst.update_priorities
         for transitions in burst:
             self._after_collection(burst)
-            loss, q_values = self._update(transitions, burst.update_priorities)
+            loss, q_values = self._update(transitions, update_priorities)
             if self.trainer.should_stop:  # max_episodes, Ctrl-C or SIGTERM: stop after this update
                 break
         self._after_burst(burst, batch_idx)
