@@ -12,14 +12,16 @@
   stream of constant batches: fetching, hooks, progress tracking and the progress bar.
 
 ``benchmark.py`` prints them next to lit_dqn and the tutorial's loop, so the gap between lit_dqn and
-the sum of its floors is read off one run.
+the sum of its floors is read off one run. This script also prints the first two **taking turns** in
+one plain loop, as any DQN must run them: the difference to their sum is what interleaving itself
+costs (each evicts the other's data from the caches), part of every DQN step's gap to the floors.
 """
 
 import argparse
 import copy
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import lightning as L
 import torch
@@ -39,15 +41,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def update_alone(steps: int, warmup: int = 500, device: str = "cpu") -> dict[str, float]:
-    """Updates per second of lit_dqn's update with nothing around it."""
-    device = torch.device(device)
-    torch.manual_seed(0)
-    buffer = ReplayBuffer(10_000, (OBS_DIM,), device=device, seed=0)
-    n = buffer.capacity
-    buffer.push(torch.randn(n, OBS_DIM), torch.randint(N_ACTIONS, (n,)), torch.ones(n), torch.randn(n, OBS_DIM),
-                torch.rand(n) < 0.05)  # fmt: skip
-    policy_net = QNetwork(OBS_DIM, N_ACTIONS).to(device)
+def _plain_update(buffer: ReplayBuffer, policy_net: torch.nn.Module) -> Callable[[], None]:
+    """lit_dqn's update written as plain torch calls, on ``policy_net`` and a copy of it as target."""
     target_net = copy.deepcopy(policy_net).requires_grad_(False)
     optimizer = torch.optim.AdamW(policy_net.parameters(), lr=1e-4, amsgrad=True, fused=True)
     pairs = (list(target_net.parameters()), list(policy_net.parameters()))
@@ -64,6 +59,18 @@ def update_alone(steps: int, warmup: int = 500, device: str = "cpu") -> dict[str
         optimizer.step()
         soft_update(*pairs, 0.005)
 
+    return update
+
+
+def update_alone(steps: int, warmup: int = 500, device: str = "cpu") -> dict[str, float]:
+    """Updates per second of lit_dqn's update with nothing around it."""
+    device = torch.device(device)
+    torch.manual_seed(0)
+    buffer = ReplayBuffer(10_000, (OBS_DIM,), device=device, seed=0)
+    n = buffer.capacity
+    buffer.push(torch.randn(n, OBS_DIM), torch.randint(N_ACTIONS, (n,)), torch.ones(n), torch.randn(n, OBS_DIM),
+                torch.rand(n) < 0.05)  # fmt: skip
+    update = _plain_update(buffer, QNetwork(OBS_DIM, N_ACTIONS).to(device))
     for _ in range(warmup):
         update()
     _sync(device)
@@ -96,6 +103,37 @@ def collection_alone(steps: int, warmup: int = 500, device: str = "cpu") -> dict
     _sync(device)
     envs.close()
     return {"env_steps_per_s": (runner.env_steps - first) / (time.perf_counter() - start)}
+
+
+def interleaved_alone(steps: int, warmup: int = 500, device: str = "cpu") -> dict[str, float]:
+    """Steps per second of one env step and one plain update taking turns, with no framework: what
+    the update and collection floors cost together once each evicts the other's data from the caches
+    (not one of the three floors ``benchmark.py`` adds up; it shows how much of lit_dqn's gap to them
+    any DQN loop pays)."""
+    import gymnasium as gym
+
+    from lit_dqn.module import DQN
+    from lit_dqn.rollout import EnvRunner
+
+    device = torch.device(device)
+    torch.manual_seed(0)
+    model = DQN(OBS_DIM, N_ACTIONS, eps_start=0.9, eps_end=0.05, eps_decay=1000).to(device)
+    envs = gym.make_vec("CartPole-v1", num_envs=1, vectorization_mode="sync")
+    runner = EnvRunner(envs, ReplayBuffer(10_000, (OBS_DIM,), device=device, seed=0), seed=0)
+    while runner.env_steps < max(warmup, BATCH_SIZE):
+        runner.step(model.act)
+    update = _plain_update(runner.buffer, model.policy_net)
+    for _ in range(warmup):
+        runner.step(model.act)
+        update()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        runner.step(model.act)
+        update()
+    _sync(device)
+    envs.close()
+    return {"steps_per_s": steps / (time.perf_counter() - start)}
 
 
 class ConstantBatches(IterableDataset):
@@ -174,6 +212,11 @@ if __name__ == "__main__":
     update = update_alone(args.steps, args.warmup, args.device)["updates_per_s"]
     collect = collection_alone(args.steps, args.warmup, args.device)["env_steps_per_s"]
     loop = lightning_alone(args.steps, args.warmup, args.device)["steps_per_s"]
+    both = interleaved_alone(args.steps, args.warmup, args.device)["steps_per_s"]
     print(f"update alone: {1e6 / update:.0f} us/update ({update:.0f} updates/s)")
     print(f"collection alone: {1e6 / collect:.0f} us/env step ({collect:.0f} env steps/s)")
     print(f"Lightning loop alone: {1e6 / loop:.0f} us/step ({loop:.0f} steps/s)")
+    print(
+        f"env step and update taking turns, no framework: {1e6 / both:.0f} us/step, "
+        f"{1e6 / both - 1e6 / update - 1e6 / collect:.0f} more than the update and collection floors added"
+    )
