@@ -43,20 +43,22 @@ def timed(owner: object, name: str, label: str) -> None:
 
 
 class Window(L.Callback):
+    """Times from the end of the first training step at or past update ``warmup`` to the end of fit."""
+
     def __init__(self, warmup: int) -> None:
         self.warmup = warmup
-        self.start = 0.0
-        self.elapsed = 0.0
+        self.start = self.elapsed = 0.0
+        self.start_updates: int | None = None
         self.steps = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == self.warmup:  # time from the end of step `warmup` to the end of fit
+        if self.start_updates is None and trainer.global_step >= self.warmup:
             ACTIVE["on"] = True
-            self.start = time.perf_counter()
+            self.start, self.start_updates = time.perf_counter(), trainer.global_step
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.elapsed = time.perf_counter() - self.start
-        self.steps = trainer.global_step - self.warmup
+        self.steps = trainer.global_step - self.start_updates
         ACTIVE["on"] = False
 
 

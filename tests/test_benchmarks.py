@@ -34,9 +34,18 @@ def test_benchmark_prints_throughput_with_floors_and_a_solve_table() -> None:
     assert total is not None and abs(float(total.group(1)) - sum(floor_us)) <= 2, out
 
 
-def test_profile_step_accounts_for_the_step() -> None:
-    out = run_script("benchmarks/profile_step.py", "--steps", "50", "--warmup", "10")
-    assert "us/step" in out and "training_step total" in out and "Lightning loop" in out
+def test_profile_step_accounts_for_the_update() -> None:
+    """The parts of a burst (20 updates per training step in the tutorial config) add up to the whole."""
+    out = run_script("benchmarks/profile_step.py", "--steps", "60", "--warmup", "10")
+    assert "20 per training step" in out, out
+    table = out[out.index("part ") : out.index("(indented")].splitlines()[1:]
+    rows = {line[:52].rstrip(): float(line[52:].split()[0]) for line in table}
+    parts = [value for label, value in rows.items() if label.startswith("  ") and not label.startswith("    ")]
+    assert rows["training_step"] == pytest.approx(sum(parts), abs=len(parts)), out  # rounded to 1 us each
+    assert rows["total"] == pytest.approx(
+        rows["training_step"] + rows["Lightning loop (hooks, fetcher, progress bar)"], abs=1
+    )
+    assert rows["  update (_update)"] > 0 and rows["    backward"] > 0, out
 
 
 def test_soak_samples_memory_and_files() -> None:
