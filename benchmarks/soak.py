@@ -56,7 +56,8 @@ def main() -> None:
     updates = int(args.env_steps * args.updates_per_step)
     with tempfile.TemporaryDirectory() as root:
         extra = ["--trainer.max_steps", str(updates), "--data.updates_per_step", str(args.updates_per_step)]
-        extra += ["--trainer.val_check_interval=5000", "--data.eval_episodes=10"]
+        # validation every 5000 updates: 250 training steps of the config's 20 updates
+        extra += ["--trainer.val_check_interval=250", "--data.eval_episodes=10"]
         cli = build_cli(str(ROOT / "configs/cartpole.yaml"), root, "cpu", extra)
         # no early stop (the run must last), no progress bar (the table is the output)
         drop = (EarlyStopping, ProgressBar)

@@ -177,9 +177,9 @@ class GymDataModule(L.LightningDataModule):
             it. Lightning's per-step work (hooks, progress bar, loop) is then paid once per burst:
             ``trainer.max_steps`` and ``global_step`` still count updates, while
             ``trainer.val_check_interval`` and ``trainer.log_every_n_steps`` count training steps.
-            1 is one update per training step; the CartPole configs use 20, where Lightning's
-            per-step work would otherwise cost about a tenth of each update on a CPU
-            (``benchmarks/README.md``).
+            1 is one update per training step; the shipped configs use 20 (Atari's 1: its env
+            steps dwarf the loop). On CartPole, Lightning's per-step work would otherwise cost
+            about a tenth of each update on a CPU (``benchmarks/README.md``).
         n_step: rewards summed per TD target before bootstrapping (n-step returns, computed when
             a batch is sampled); 1 is the tutorial's one-step target. Larger values carry rewards
             back faster at the cost of some bias from the older, more exploratory actions.

@@ -10,10 +10,13 @@ from lit_dqn.cli import DQNCLI
 
 from .conftest import CONFIG, ROOT, make_cli
 
-# The default config's updates per training step, as users run it (make_cli sets 1, for tests that count updates).
-SHIPPED_BURST = "--data.updates_per_training_step={}".format(
-    yaml.safe_load(CONFIG.read_text())["data"]["updates_per_training_step"]
-)
+
+def shipped_burst(config: Path) -> str:
+    """The config's updates per training step, as users run it (make_cli sets 1, for tests that count updates)."""
+    return f"--data.updates_per_training_step={yaml.safe_load(config.read_text())['data']['updates_per_training_step']}"
+
+
+SHIPPED_BURST = shipped_burst(CONFIG)
 
 
 def fit_default_config(tmp_path: Path, *overrides: str) -> tuple[DQNCLI, list[float]]:
@@ -101,7 +104,9 @@ def test_acrobot_config_solves(tmp_path) -> None:
     """Beyond CartPole: configs/acrobot.yaml's best checkpoint reaches Acrobot-v1's -100 on test seeds
     (seed 0, measured: -81.4 after 11k env steps, ~65 s)."""
     config = ROOT / "configs/acrobot.yaml"
-    cli, _ = make_cli(tmp_path, "--seed_everything=0", "--trainer.enable_progress_bar=false", config=config)
+    cli, _ = make_cli(
+        tmp_path, "--seed_everything=0", "--trainer.enable_progress_bar=false", shipped_burst(config), config=config
+    )
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     test = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)[0]
     assert test["test/return_mean"] >= -100
