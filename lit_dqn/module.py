@@ -406,8 +406,8 @@ class DQN(L.LightningModule):
             batch_size=int(count),
             sync_dist=world_size > 1,
         )
-        if self.trainer.state.fn == "fit":  # x axis: the updates done, whatever a training step holds
-            self.log("step", float(self.global_step), batch_size=int(count))
+        if self.trainer.state.fn == "fit":  # x axis: the index of the last update, whatever a training step holds
+            self.log("step", float(self.global_step - 1), batch_size=int(count))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # The fused kernel updates all parameters in one call instead of a Python loop over
