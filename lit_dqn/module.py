@@ -268,7 +268,7 @@ class DQN(L.LightningModule):
                     "train/replay_size": float(burst.replay_size),
                     "train/env_steps": float(burst.env_steps if self._world_size == 1 else self.job_env_steps),
                     "train/episodes": float(burst.episodes if self._world_size == 1 else self.job_episodes),
-                    "step": float(self.global_step - 1),  # x axis: the index of the update these values are of
+                    "step": float(self.global_step),  # x axis: the updates done (also names checkpoints)
                 },
                 batch_size=q_values.shape[0],
             )
@@ -406,8 +406,8 @@ class DQN(L.LightningModule):
             batch_size=int(count),
             sync_dist=world_size > 1,
         )
-        if self.trainer.state.fn == "fit":  # x axis: the index of the last update, whatever a training step holds
-            self.log("step", float(self.global_step - 1), batch_size=int(count))
+        if self.trainer.state.fn == "fit":  # x axis: the updates done, whatever a training step holds
+            self.log("step", float(self.global_step), batch_size=int(count))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # The fused kernel updates all parameters in one call instead of a Python loop over

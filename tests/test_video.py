@@ -153,8 +153,8 @@ def test_fit_plot_history_matches_tensorboard_and_the_kept_checkpoint(fit_run: F
     logged = [(e.step, e.value) for e in events.Scalars("val/return_mean")]
     state = torch.load(fit_run.run_dir / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]["TrainingPlot"]
     saved = [Validation(*v) for v in state["validations"]]
-    # Lightning logs a validation at the index of the last update (step - 1)
-    assert [(v.step - 1, v.mean) for v in saved] == [(step, pytest.approx(value)) for step, value in logged]
+    # logged at the updates done, the step the plot keeps
+    assert [(v.step, v.mean) for v in saved] == [(step, pytest.approx(value)) for step, value in logged]
     assert len(saved) == 2 and 0 < saved[0].episodes < saved[1].episodes
     best = next((fit_run.run_dir / "checkpoints").glob("best-*.ckpt"))
     assert f"{max(v.mean for v in saved):.1f}" in best.name
