@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
+import gymnasium as gym
 import lightning as L
 import torch
 from benchmark import build_cli
@@ -78,7 +79,6 @@ def main() -> None:
         cli = build_cli(args.config, root, "cpu", [f"--trainer.max_steps={args.warmup + args.steps}", *args.extra])
         window = Window(args.warmup)
         cli.trainer.callbacks.append(window)
-        import gymnasium as gym
 
         # (label, owner, attribute); indented labels are parts of the unindented one above them
         parts = [

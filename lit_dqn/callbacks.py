@@ -74,10 +74,12 @@ class GracefulStop(L.Callback):
         def handler(signum: int, frame: Any) -> None:
             self.signum = signum
             self._requested = True
-            if world()[1] == 1:
-                trainer.should_stop = True  # one process: stop after the step in progress
+            alone = world()[1] == 1
+            if alone:
+                trainer.should_stop = True  # one process: stop after the update in progress
             signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C interrupts now
-            print(f"\nReceived {signal.Signals(signum).name}: stopping after this step", file=sys.stderr)
+            when = "after this update" if alone else "at the next training step, with every rank"
+            print(f"\nReceived {signal.Signals(signum).name}: stopping {when}", file=sys.stderr)
 
         return handler
 
