@@ -20,7 +20,6 @@ import gymnasium as gym
 import lightning as L
 import torch
 from benchmark import build_cli
-from lightning.pytorch.core.optimizer import LightningOptimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 TOTALS: dict[str, float] = defaultdict(float)
@@ -93,7 +92,7 @@ def main() -> None:
             ("    Huber loss", module, "td_loss"),
             ("    backward", torch.autograd, "backward"),
             ("    gradient clipping", torch.nn.utils, "clip_grad_value_"),
-            ("    AdamW step (Lightning's, fused)", LightningOptimizer, "step"),
+            ("    AdamW step (fused)", torch.optim.AdamW, "step"),
             ("    soft update", module, "soft_update"),
             ("  episode logging (_after_burst)", DQN, "_after_burst"),
         ]

@@ -27,7 +27,7 @@ from lit_dqn.distributed import gather_objects, sum_over_ranks, world
 from lit_dqn.exploration import exponential_epsilon, linear_epsilon
 from lit_dqn.losses import td_errors, td_loss, td_targets
 from lit_dqn.networks import DuelingQNetwork, QNetwork, soft_update
-from lit_dqn.optimization import plain_backward_is_exact
+from lit_dqn.optimization import StepCounter, plain_calls_are_exact
 
 
 class NonFiniteLossError(RuntimeError):
@@ -122,7 +122,7 @@ class DQN(L.LightningModule):
         self._loss_finite: Tensor | None = None  # every TD loss since the last check was finite
         self._updates_checked = 0  # updates whose loss is known to be finite
         self._world_size = 1  # processes training together (DDP ranks), from on_train_start
-        self._plain_backward = False  # loss.backward() does all that manual_backward would, from on_train_start
+        self._count_step: StepCounter | None = None  # set when plain torch calls are exact, from on_train_start
         self.progress: dict[str, float] = {}  # shown by lit_dqn.callbacks.EpisodeProgressBar
         # Several ranks (DDP): this rank's episodes not yet gathered, and the job's totals over all
         # ranks, agreed every step (see _sync_ranks).
@@ -292,15 +292,17 @@ class DQN(L.LightningModule):
 
         optimizer = self.optimizers()
         optimizer.zero_grad()
-        if self._plain_backward:  # what manual_backward and clip_gradients do here, without their hook calls
+        if self._count_step is not None:  # what Lightning's wrappers do here, without their hook calls
             loss.backward()
             if hp.grad_clip_value is not None:
                 torch.nn.utils.clip_grad_value_(self._soft_update_pairs[1], hp.grad_clip_value)
+            optimizer.optimizer.step()
+            self._count_step()  # global_step, as LightningOptimizer.step counts it
         else:
             self.manual_backward(loss)
             if hp.grad_clip_value is not None:
                 self.clip_gradients(optimizer, hp.grad_clip_value, gradient_clip_algorithm="value")
-        optimizer.step()  # Lightning's step: it counts global_step and calls on_before_optimizer_step
+            optimizer.step()  # Lightning's step: it counts global_step and calls on_before_optimizer_step
         if update_priorities is not None:  # prioritized replay: the TD errors are the new priorities
             update_priorities(indices, td_errors(q_values, actions, targets))
         if self.global_step % hp.target_update_interval == 0:
@@ -348,7 +350,7 @@ class DQN(L.LightningModule):
         """
         self._soft_update_pairs = (list(self.target_net.parameters()), list(self.policy_net.parameters()))
         self._world_size = world()[1]
-        self._plain_backward = plain_backward_is_exact(self.trainer)
+        self._count_step = StepCounter(self.trainer) if plain_calls_are_exact(self.trainer) else None
         self._loss_finite = torch.ones((), dtype=torch.bool, device=self.device)
         self._updates_checked = self.global_step
         for group in self.optimizers(use_pl_optimizer=False).param_groups:

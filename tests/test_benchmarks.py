@@ -80,3 +80,11 @@ def test_ddp_benchmark_compares_one_and_two_processes() -> None:
     assert [(row[0], row[1]) for row in solve] == [("1", "0"), ("2", "0")], out
     for processes, _, _, updates, env_steps, _ in solve:  # at the best validation, after 60 or 120 updates
         assert updates in ("60", "120") and int(env_steps) == int(processes) * (256 + int(updates)), out
+
+
+def test_paired_benchmark_times_lit_dqn_and_the_plain_loop_in_blocks() -> None:
+    out = run_script("benchmarks/paired.py", "--updates", "500", "--block", "100", "--warmup", "200")
+    assert "3 paired blocks of 100 updates (20 per training step)" in out, out
+    figures = re.search(r"lit_dqn (\d+)  plain interleaved (\d+)  plain update (\d+)  plain collection (\d+)", out)
+    assert figures is not None and all(int(value) > 0 for value in figures.groups()), out
+    assert "lit - interleaved" in out and "lit_dqn / (update + collection)" in out
