@@ -52,7 +52,13 @@ def test_plain_calls_learn_and_count_exactly_what_lightnings_wrappers_do(tmp_pat
             return loss
 
         monkeypatch.setattr(lit_dqn.module, "td_loss", recorded)
-        short = ["--seed_everything=5", "--trainer.max_steps=400", "--data.warmup_steps=300"]
+        # a clip value that bites, so the two clipping paths are compared too
+        short = [
+            "--seed_everything=5",
+            "--trainer.max_steps=400",
+            "--data.warmup_steps=300",
+            "--model.grad_clip_value=0.01",
+        ]
         cli, _ = make_cli(root, *short, "--trainer.val_check_interval=100", "--data.updates_per_training_step=7")
         cli.trainer.callbacks.extend(callbacks)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
