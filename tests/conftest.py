@@ -91,3 +91,19 @@ def make_cli(root: Path, *overrides: str, config: Path = CONFIG) -> tuple[DQNCLI
     recorder = StepRecorder()
     cli.trainer.callbacks.append(recorder)
     return cli, recorder
+
+
+def record_td_losses(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """From now on (until the next call), every update's TD loss as a float, for bitwise comparisons."""
+    import lit_dqn.losses
+    import lit_dqn.module
+
+    losses: list[float] = []
+
+    def recorded(*args, **kwargs):
+        loss = lit_dqn.losses.td_loss(*args, **kwargs)
+        losses.append(loss.item())
+        return loss
+
+    monkeypatch.setattr(lit_dqn.module, "td_loss", recorded)
+    return losses

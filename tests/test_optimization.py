@@ -10,7 +10,7 @@ from lightning.pytorch.core.optimizer import LightningOptimizer
 from lit_dqn.module import DQN
 from lit_dqn.optimization import plain_calls_are_exact
 
-from .conftest import make_cli
+from .conftest import make_cli, record_td_losses
 
 
 class HookedCallback(L.Callback):
@@ -31,9 +31,6 @@ def test_plain_calls_learn_and_count_exactly_what_lightnings_wrappers_do(tmp_pat
     backward and optimizer-step hooks switches to Lightning's wrappers, which call those hooks on
     every update. Both learn the same bit for bit and count the same updates: per-update losses,
     weights, optimizer state, ``global_step``, checkpoint names and the saved step."""
-    import lit_dqn.module
-
-    td_loss = lit_dqn.module.td_loss
     lightning_steps = {"n": 0}
     lightning_step = LightningOptimizer.step
 
@@ -44,14 +41,7 @@ def test_plain_calls_learn_and_count_exactly_what_lightnings_wrappers_do(tmp_pat
     monkeypatch.setattr(LightningOptimizer, "step", counted_step)
 
     def fit(root: Path, *callbacks: L.Callback) -> tuple[L.LightningModule, L.Trainer, list[float]]:
-        losses: list[float] = []
-
-        def recorded(*args, **kwargs):
-            loss = td_loss(*args, **kwargs)
-            losses.append(loss.item())
-            return loss
-
-        monkeypatch.setattr(lit_dqn.module, "td_loss", recorded)
+        losses = record_td_losses(monkeypatch)
         # a clip value that bites, so the two clipping paths are compared too
         short = [
             "--seed_everything=5",

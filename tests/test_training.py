@@ -8,7 +8,7 @@ import yaml
 
 from lit_dqn.cli import DQNCLI
 
-from .conftest import CONFIG, ROOT, make_cli
+from .conftest import CONFIG, ROOT, make_cli, record_td_losses
 
 
 def shipped_burst(config: Path) -> str:
@@ -44,19 +44,9 @@ def test_bursts_learn_exactly_what_single_updates_learn(tmp_path, monkeypatch) -
     """``data.updates_per_training_step`` changes how often Lightning's loop runs, not what is learned:
     bursts of 7 updates (the last one cut to the 400 updates of max_steps) give the same per-update
     losses, weights, optimizer state, episodes and validation as one update per training step."""
-    import lit_dqn.module
-
-    td_loss = lit_dqn.module.td_loss
 
     def fit(root: Path, burst: int) -> tuple[DQNCLI, list[float]]:
-        losses: list[float] = []
-
-        def recorded(*args, **kwargs):
-            loss = td_loss(*args, **kwargs)
-            losses.append(loss.item())
-            return loss
-
-        monkeypatch.setattr(lit_dqn.module, "td_loss", recorded)
+        losses = record_td_losses(monkeypatch)
         short = ["--trainer.max_steps=400", "--data.warmup_steps=300", f"--trainer.val_check_interval={196 // burst}"]
         cli, _ = fit_default_config(root, "--seed_everything=3", *short, f"--data.updates_per_training_step={burst}")
         return cli, losses
