@@ -105,35 +105,48 @@ def collection_alone(steps: int, warmup: int = 500, device: str = "cpu") -> dict
     return {"env_steps_per_s": (runner.env_steps - first) / (time.perf_counter() - start)}
 
 
+class PlainLoop:
+    """lit_dqn's collection and update as plain calls on CartPole-v1, with their own Q-network, env and
+    buffer (no framework): what any DQN loop must run, timed alone or taking turns."""
+
+    def __init__(self, warmup: int = 500, device: str = "cpu") -> None:
+        import gymnasium as gym
+
+        from lit_dqn.module import DQN
+        from lit_dqn.rollout import EnvRunner
+
+        self.device = torch.device(device)
+        torch.manual_seed(0)
+        self.model = DQN(OBS_DIM, N_ACTIONS, eps_start=0.9, eps_end=0.05, eps_decay=1000).to(self.device)
+        self.envs = gym.make_vec("CartPole-v1", num_envs=1, vectorization_mode="sync")
+        self.runner = EnvRunner(self.envs, ReplayBuffer(10_000, (OBS_DIM,), device=self.device, seed=0), seed=0)
+        while self.runner.env_steps < max(warmup, BATCH_SIZE):
+            self.runner.step(self.model.act)
+        self.update = _plain_update(self.runner.buffer, self.model.policy_net)
+
+    def time(self, n: int, collect: bool = True, update: bool = True) -> float:
+        """µs per iteration of ``n`` iterations of an env step and/or an update."""
+        _sync(self.device)
+        start = time.perf_counter()
+        for _ in range(n):
+            if collect:
+                self.runner.step(self.model.act)
+            if update:
+                self.update()
+        _sync(self.device)
+        return (time.perf_counter() - start) / n * 1e6
+
+
 def interleaved_alone(steps: int, warmup: int = 500, device: str = "cpu") -> dict[str, float]:
     """Steps per second of one env step and one plain update taking turns, with no framework: what
     the update and collection floors cost together once each evicts the other's data from the caches
     (not one of the three floors ``benchmark.py`` adds up; it shows how much of lit_dqn's gap to them
     any DQN loop pays)."""
-    import gymnasium as gym
-
-    from lit_dqn.module import DQN
-    from lit_dqn.rollout import EnvRunner
-
-    device = torch.device(device)
-    torch.manual_seed(0)
-    model = DQN(OBS_DIM, N_ACTIONS, eps_start=0.9, eps_end=0.05, eps_decay=1000).to(device)
-    envs = gym.make_vec("CartPole-v1", num_envs=1, vectorization_mode="sync")
-    runner = EnvRunner(envs, ReplayBuffer(10_000, (OBS_DIM,), device=device, seed=0), seed=0)
-    while runner.env_steps < max(warmup, BATCH_SIZE):
-        runner.step(model.act)
-    update = _plain_update(runner.buffer, model.policy_net)
-    for _ in range(warmup):
-        runner.step(model.act)
-        update()
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        runner.step(model.act)
-        update()
-    _sync(device)
-    envs.close()
-    return {"steps_per_s": steps / (time.perf_counter() - start)}
+    loop = PlainLoop(warmup, device)
+    loop.time(warmup)
+    us = loop.time(steps)
+    loop.envs.close()
+    return {"steps_per_s": 1e6 / us}
 
 
 class ConstantBatches(IterableDataset):

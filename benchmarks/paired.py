@@ -6,7 +6,7 @@
 machine whose speed drifts within seconds, their ratio moves by ±25% from run to run. Here one
 process alternates blocks: ``--block`` updates of lit_dqn's ``fit`` on
 ``configs/cartpole_tutorial.yaml`` (bursts as shipped), then, from a callback, the same number of
-plain-torch steps (env step, ε-greedy action, push, update: ``floors.interleaved_alone``'s loop),
+plain-torch steps (env step, ε-greedy action, push, update: ``floors.PlainLoop``, as in ``floors.interleaved_alone``),
 of plain updates alone and of plain collection alone. Each block pair sees the same machine, so
 the median of the per-block differences is steady where the absolute times are not.
 
@@ -21,38 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import gymnasium as gym
 import lightning as L
 from benchmark import build_cli
-from floors import _plain_update
+from floors import PlainLoop
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class PlainLoop:
-    """The plain loop of ``floors.interleaved_alone`` on CartPole-v1: its own net, env and buffer."""
-
-    def __init__(self, warmup: int) -> None:
-        from lit_dqn.buffer import ReplayBuffer
-        from lit_dqn.module import DQN
-        from lit_dqn.rollout import EnvRunner
-
-        self.model = DQN(4, 2, eps_start=0.9, eps_end=0.05, eps_decay=1000)
-        envs = gym.make_vec("CartPole-v1", num_envs=1, vectorization_mode="sync")
-        self.runner = EnvRunner(envs, ReplayBuffer(10_000, (4,), seed=0), seed=0)
-        while self.runner.env_steps < warmup:
-            self.runner.step(self.model.act)
-        self.update = _plain_update(self.runner.buffer, self.model.policy_net)
-
-    def time(self, n: int, collect: bool, update: bool) -> float:
-        """µs per iteration of ``n`` iterations of an env step and/or an update."""
-        start = time.perf_counter()
-        for _ in range(n):
-            if collect:
-                self.runner.step(self.model.act)
-            if update:
-                self.update()
-        return (time.perf_counter() - start) / n * 1e6
 
 
 class Paired(L.Callback):
