@@ -5,14 +5,21 @@
     python benchmarks/benchmark.py --seeds 0 1 2 --jobs 2   # fewer seeds, two at a time
     python benchmarks/benchmark.py --skip-solve             # throughput only
 
-Throughput: ``configs/cartpole_tutorial.yaml`` (1 env step + 1 update of batch 128 per training step)
-against ``tutorial_loop.py``, each in a fresh process, alternating for ``--rounds`` rounds; the
-timer starts after ``--warmup`` steps (startup, compilation of kernels and the first validation
-excluded) and runs for ``--steps`` steps. The ratio of medians is the figure to compare: absolute
-rates drift with the machine's load. Three floors from ``floors.py`` are measured in the same
-rounds: lit_dqn's update with no env and no framework, collecting transitions with no update, and
-Lightning's loop around an empty step; together they bound how fast a Lightning DQN step can be on
-the machine.
+Throughput: ``configs/cartpole_tutorial.yaml`` (1 env step + 1 update of batch 128, 20 updates per
+training step) against ``tutorial_loop.py``, each in a fresh process, alternating for ``--rounds``
+rounds; the timers start after ``--warmup`` updates (startup, compilation of kernels) and run for
+``--steps`` updates. The ratio of medians is the figure to compare: absolute rates drift with the
+machine's load. Three floors from ``floors.py`` bound how fast a Lightning DQN step can be on the
+machine: lit_dqn's update with no env and no framework, collecting transitions with no update, and
+Lightning's loop around an empty step. They are timed **paired** with lit_dqn, in its process: after
+every ``--block`` updates of lit_dqn's ``fit``, a callback times each floor for as many updates, so a
+lit_dqn block and its floors see the same machine. ``lit_dqn / the three floors`` is the median over
+a round's blocks of lit_dqn's block over the sum of its floors, then the median over rounds;
+lit_dqn's own row counts all its timed blocks (the time spent in the floors excluded). The
+``plain loop`` row, timed in the same blocks, is not a floor: the env step and the update taking
+turns as plain calls (``floors.PlainLoop``), what interleaving costs any DQN loop. (Timed
+in separate processes one after another, as this script did until 2026-11-30, that ratio moved by
+±25% between runs of the same code on a shared machine; see benchmarks/README.md.)
 
 Solve: each seed trains the default config in its own process (``fit``, which stops early once the
 greedy validation mean reaches the config's threshold) and then tests the best checkpoint on the
@@ -62,51 +69,89 @@ def build_cli(config: str, root: str, device: str, extra: list[str]):
     return DQNCLI(DQN, GymDataModule, args=args + extra, run=False)
 
 
-class SteadyStateTimer(L.Callback):
-    """Times the updates from the training step that starts at or after update ``warmup`` to the end
-    of fit, and the env steps taken meanwhile (a training step may hold several updates)."""
+class PairedFloors(L.Callback):
+    """Times lit_dqn's ``fit`` in blocks of ``block`` updates from update ``warmup`` on and, after each
+    block, the three floors (and the plain loop) for ``block`` updates each, in this process.
 
-    def __init__(self, warmup: int) -> None:
-        self.warmup = warmup
+    A block ends at the end of the training step that completes it (a training step may hold
+    several updates), so it includes Lightning's loop once per training step, as training does.
+    """
+
+    def __init__(self, warmup: int, block: int, device: str) -> None:
+        from floors import CollectionFloor, PlainLoop, UpdateFloor
+
+        self.warmup, self.block, self.device = warmup, block, device
+        self.update_floor, self.collection_floor = UpdateFloor(device=device), CollectionFloor(device=device)
+        self.plain_loop = PlainLoop(device=device)
         self.start: float | None = None
-        self.start_env_steps = self.start_updates = 0
-        self.elapsed = self.updates = self.env_steps = 0.0
+        self.start_updates = self.start_env_steps = 0
+        self.rows: list[dict[str, float]] = []  # one per block: µs per update of lit_dqn and of each floor
 
-    def _sync(self, pl_module: L.LightningModule) -> None:
-        if pl_module.device.type == "cuda":
+    def _sync(self) -> None:
+        if self.device == "cuda":
             torch.cuda.synchronize()
+
+    def _restart(self, trainer: L.Trainer) -> None:
+        self._sync()
+        self.start = time.perf_counter()
+        self.start_updates, self.start_env_steps = trainer.global_step, trainer.datamodule.runner.env_steps
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.start is None and trainer.global_step >= self.warmup:
-            self._sync(pl_module)
-            self.start = time.perf_counter()
-            self.start_env_steps, self.start_updates = batch.env_steps, trainer.global_step
+            self._restart(trainer)
 
-    def on_train_end(self, trainer, pl_module) -> None:
-        self._sync(pl_module)
-        self.elapsed = time.perf_counter() - self.start
-        self.updates = trainer.global_step - self.start_updates
-        self.env_steps = trainer.datamodule.runner.env_steps - self.start_env_steps
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        updates = trainer.global_step - self.start_updates
+        if self.start is None or updates < self.block:
+            return
+        self._sync()
+        seconds = time.perf_counter() - self.start
+        from floors import lightning_alone
+
+        row = {
+            "seconds": seconds,
+            "updates": updates,
+            "env_steps": trainer.datamodule.runner.env_steps - self.start_env_steps,
+            "lit_us": seconds / updates * 1e6,
+            "update_us": self.update_floor.time(self.block),
+            "collect_us": self.collection_floor.time(self.block),
+            "loop_us": 1e6 / lightning_alone(self.block, warmup=20, device=self.device)["steps_per_s"],
+            "plain_us": self.plain_loop.time(self.block),
+        }
+        row["ratio"] = row["lit_us"] / (row["update_us"] + row["collect_us"] + row["loop_us"])
+        self.rows.append(row)
+        self._restart(trainer)
 
 
-def lit_throughput(job: tuple[int, int, str, list[str]]) -> dict[str, float]:
-    warmup, steps, device, extra = job
+def lit_throughput(job: tuple[int, int, int, str, list[str]]) -> dict[str, float]:
+    """One round: lit_dqn's ``fit`` with its floors timed in paired blocks; per-block medians."""
+    warmup, steps, block, device, extra = job
     _quiet()
     with tempfile.TemporaryDirectory() as root:
         config = str(ROOT / "configs" / "cartpole_tutorial.yaml")
         cli = build_cli(config, root, device, ["--trainer.max_steps", str(warmup + steps), *extra])
-        timer = SteadyStateTimer(warmup)
-        cli.trainer.callbacks.append(timer)
+        cli.trainer.callbacks = [c for c in cli.trainer.callbacks if type(c).__name__ != "GreedyVideo"]
+        paired = PairedFloors(warmup, block, device)
+        cli.trainer.callbacks.append(paired)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    if not paired.rows:
+        raise SystemExit(f"no block of {block} updates in {steps} timed updates: raise --steps or lower --block")
+    seconds = sum(row["seconds"] for row in paired.rows)  # lit_dqn's throughput: all its timed blocks
+    medians = {key: statistics.median(row[key] for row in paired.rows) for key in paired.rows[0]}
+    ratios = [row["ratio"] for row in paired.rows]
     return {
-        "env_steps_per_s": timer.env_steps / timer.elapsed,
-        "updates_per_s": timer.updates / timer.elapsed,
+        **medians,
+        "env_steps_per_s": sum(row["env_steps"] for row in paired.rows) / seconds,
+        "updates_per_s": sum(row["updates"] for row in paired.rows) / seconds,
+        "blocks": len(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
         "peak_rss_mib": _peak_rss_mib(),
     }
 
 
-def tutorial_throughput(job: tuple[int, int, str, list[str]]) -> dict[str, float]:
-    warmup, steps, device, _ = job
+def tutorial_throughput(job: tuple[int, int, int, str, list[str]]) -> dict[str, float]:
+    warmup, steps, _, device, _ = job
     _quiet()
     sys.path.insert(0, str(Path(__file__).parent))
     from tutorial_loop import run
@@ -175,36 +220,20 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def floors_throughput(job: tuple[int, int, str, list[str]]) -> dict[str, float]:
-    warmup, steps, device, _ = job
-    _quiet()
-    sys.path.insert(0, str(Path(__file__).parent))
-    from floors import collection_alone, lightning_alone, update_alone
-
-    update = update_alone(steps, warmup, device)["updates_per_s"]
-    collect = collection_alone(steps, warmup, device)["env_steps_per_s"]
-    loop = lightning_alone(steps, warmup, device)["steps_per_s"]
-    return {
-        "update_us": 1e6 / update,
-        "collect_us": 1e6 / collect,
-        "loop_us": 1e6 / loop,
-        "peak_rss_mib": _peak_rss_mib(),
-    }
-
-
 def throughput_table(args: argparse.Namespace) -> None:
-    job = (args.warmup, args.steps, args.device, args.extra)
-    lit, tut, floors = [], [], []
+    job = (args.warmup, args.steps, args.block, args.device, args.extra)
+    lit, tut = [], []
     ctx = mp.get_context("spawn")
-    for _ in range(args.rounds):  # alternate, one process at a time, so all see the same machine
-        for fn, rows in ((lit_throughput, lit), (tutorial_throughput, tut), (floors_throughput, floors)):
+    for _ in range(args.rounds):  # alternate, one process at a time, so both see the same machine
+        for fn, rows in ((lit_throughput, lit), (tutorial_throughput, tut)):
             with ctx.Pool(1) as pool:
                 rows.append(pool.apply(fn, (job,)))
                 pool.close()
                 pool.join()
     print(
         f"## Throughput: configs/cartpole_tutorial.yaml vs the tutorial's loop ({args.device}, "
-        f"{args.steps} steps after {args.warmup}, median of {args.rounds} rounds)"
+        f"{args.steps} updates after {args.warmup}, median of {args.rounds} rounds; lit_dqn and its floors "
+        f"in paired blocks of {args.block} updates)"
     )
     print(f"{'loop':<34} {'env steps/s':>12} {'updates/s':>10} {'us/step':>8} {'peak RSS MiB':>13}")
     us = {}
@@ -214,36 +243,37 @@ def throughput_table(args: argparse.Namespace) -> None:
         rss = max(r["peak_rss_mib"] for r in rows)
         us[name] = 1e6 / steps
         print(f"{name:<34} {steps:>12.0f} {updates:>10.0f} {us[name]:>8.0f} {rss:>13.0f}")
-    update_us = statistics.median(r["update_us"] for r in floors)
-    collect_us = statistics.median(r["collect_us"] for r in floors)
-    loop_us = statistics.median(r["loop_us"] for r in floors)
-    rss = max(r["peak_rss_mib"] for r in floors)
-    print(f"{'floor: update alone (no env)':<34} {'-':>12} {1e6 / update_us:>10.0f} {update_us:>8.0f} {rss:>13.0f}")
+    update_us, collect_us, loop_us, plain_us = (
+        statistics.median(r[key] for r in lit) for key in ("update_us", "collect_us", "loop_us", "plain_us")
+    )
+    print(f"{'floor: update alone (no env)':<34} {'-':>12} {1e6 / update_us:>10.0f} {update_us:>8.0f} {'':>13}")
     print(f"{'floor: env + acting + push alone':<34} {1e6 / collect_us:>12.0f} {'-':>10} {collect_us:>8.0f} {'':>13}")
     print(f"{'floor: Lightning loop, empty step':<34} {'-':>12} {'-':>10} {loop_us:>8.0f} {'':>13}")
+    plain = "plain loop (env step + update)"
+    print(f"{plain:<34} {1e6 / plain_us:>12.0f} {1e6 / plain_us:>10.0f} {plain_us:>8.0f} {'':>13}")
     ratio = us["tutorial (reference)"] / us["lit_dqn"]
     pairs = zip(lit, tut, strict=True)
     per_round = ", ".join(f"{a['env_steps_per_s']:.0f}/{b['env_steps_per_s']:.0f}" for a, b in pairs)
     print(f"ratio lit_dqn / tutorial: {ratio:.2f}x (env steps/s per round, lit_dqn/tutorial: {per_round})")
     floor_us = update_us + collect_us + loop_us
     per_round = ", ".join(
-        f"{1e6 / a['env_steps_per_s'] / (f['update_us'] + f['collect_us'] + f['loop_us']):.2f}"
-        for a, f in zip(lit, floors, strict=True)
+        f"{r['ratio']:.2f} ({r['blocks']} blocks, {r['ratio_min']:.2f}-{r['ratio_max']:.2f})" for r in lit
     )
     print(
-        f"lit_dqn / the three floors: {us['lit_dqn'] / floor_us:.2f}x ({us['lit_dqn']:.0f} / {floor_us:.0f} us, "
-        f"medians; per round: {per_round})"
+        f"lit_dqn / the three floors: {statistics.median(r['ratio'] for r in lit):.2f}x (median over rounds of "
+        f"the median paired block; per round: {per_round})"
     )
     print(
         f"2x the tutorial needs <= {us['tutorial (reference)'] / 2:.0f} us/step; the three floors add up to "
         f"{floor_us:.0f} us (update {update_us:.0f} + env, acting and push {collect_us:.0f} + Lightning's loop "
         f"{loop_us:.0f}), so a Lightning DQN step here tops out at {us['tutorial (reference)'] / floor_us:.2f}x"
     )
+    lit_us = statistics.median(r["lit_us"] for r in lit)
     print(
-        f"lit_dqn's overhead beyond the update: {us['lit_dqn'] - update_us:.0f} us/step (budget 200): env, acting "
-        f"and push {collect_us:.0f}, Lightning's empty loop {loop_us:.0f}, and {us['lit_dqn'] - floor_us:.0f} more "
-        "(Lightning's backward/clip/step wrappers, episode logging, and the update running slower between "
-        "the other work than in a tight loop; see benchmarks/profile_step.py)"
+        f"lit_dqn's overhead beyond the update: {lit_us - update_us:.0f} us/update: env, acting and push "
+        f"{collect_us:.0f}, the two taking turns {plain_us - update_us - collect_us:.0f} more (the plain loop), "
+        f"and {lit_us - plain_us:.0f} more for Lightning and lit_dqn (the loop once per training step, hooks, "
+        "logging; see benchmarks/profile_step.py)"
     )
     print()
 
@@ -284,8 +314,9 @@ def solve_table(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"])
-    parser.add_argument("--steps", type=int, default=3000, help="timed training steps per throughput run")
-    parser.add_argument("--warmup", type=int, default=500, help="untimed training steps first")
+    parser.add_argument("--steps", type=int, default=3000, help="timed updates per throughput run")
+    parser.add_argument("--warmup", type=int, default=500, help="untimed updates first")
+    parser.add_argument("--block", type=int, default=200, help="lit_dqn updates per block paired with its floors")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-solve", action="store_true")

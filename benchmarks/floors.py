@@ -11,10 +11,12 @@
   progress bar) and logger, running a manual-optimization ``training_step`` that does nothing on a
   stream of constant batches: fetching, hooks, progress tracking and the progress bar.
 
-``benchmark.py`` prints them next to lit_dqn and the tutorial's loop, so the gap between lit_dqn and
-the sum of its floors is read off one run. This script also prints the first two **taking turns** in
-one plain loop, as any DQN must run them: the difference to their sum is what interleaving itself
-costs (each evicts the other's data from the caches), part of every DQN step's gap to the floors.
+``benchmark.py`` times them in blocks that alternate with blocks of lit_dqn's training, inside
+lit_dqn's process, so the gap between lit_dqn and the sum of its floors is read off pairs that saw
+the same machine. This script times them one after another and also prints the first two **taking
+turns** in one plain loop (``PlainLoop``), as any DQN must run them: the difference to their sum is
+what interleaving itself costs (each evicts the other's data from the caches), part of every DQN
+step's gap to the floors.
 """
 
 import argparse
@@ -62,52 +64,37 @@ def _plain_update(buffer: ReplayBuffer, policy_net: torch.nn.Module) -> Callable
     return update
 
 
-def update_alone(steps: int, warmup: int = 500, device: str = "cpu") -> dict[str, float]:
-    """Updates per second of lit_dqn's update with nothing around it."""
-    device = torch.device(device)
-    torch.manual_seed(0)
-    buffer = ReplayBuffer(10_000, (OBS_DIM,), device=device, seed=0)
-    n = buffer.capacity
-    buffer.push(torch.randn(n, OBS_DIM), torch.randint(N_ACTIONS, (n,)), torch.ones(n), torch.randn(n, OBS_DIM),
-                torch.rand(n) < 0.05)  # fmt: skip
-    update = _plain_update(buffer, QNetwork(OBS_DIM, N_ACTIONS).to(device))
-    for _ in range(warmup):
-        update()
+def _us_per_call(fn: Callable[[], object], n: int, device: torch.device) -> float:
     _sync(device)
     start = time.perf_counter()
-    for _ in range(steps):
-        update()
+    for _ in range(n):
+        fn()
     _sync(device)
-    return {"updates_per_s": steps / (time.perf_counter() - start)}
+    return (time.perf_counter() - start) / n * 1e6
 
 
-def collection_alone(steps: int, warmup: int = 500, device: str = "cpu") -> dict[str, float]:
-    """Env steps per second of lit_dqn's collection with no updates: a CartPole vector env stepped
-    by ``DQN.act`` (the tutorial config's ε schedule, so the greedy forward runs as often as in
-    training) and every transition pushed into the buffer."""
-    import gymnasium as gym
+class UpdateFloor:
+    """lit_dqn's update alone: a full buffer of random CartPole-shaped transitions, no env, no framework."""
 
-    from lit_dqn.module import DQN
-    from lit_dqn.rollout import EnvRunner
+    def __init__(self, warmup: int = 500, device: str = "cpu") -> None:
+        self.device = torch.device(device)
+        torch.manual_seed(0)
+        buffer = ReplayBuffer(10_000, (OBS_DIM,), device=self.device, seed=0)
+        n = buffer.capacity
+        buffer.push(torch.randn(n, OBS_DIM), torch.randint(N_ACTIONS, (n,)), torch.ones(n), torch.randn(n, OBS_DIM),
+                    torch.rand(n) < 0.05)  # fmt: skip
+        self.update = _plain_update(buffer, QNetwork(OBS_DIM, N_ACTIONS).to(self.device))
+        self.time(warmup)
 
-    device = torch.device(device)
-    model = DQN(OBS_DIM, N_ACTIONS, eps_start=0.9, eps_end=0.05, eps_decay=1000).to(device)
-    envs = gym.make_vec("CartPole-v1", num_envs=1, vectorization_mode="sync")
-    runner = EnvRunner(envs, ReplayBuffer(10_000, (OBS_DIM,), device=device, seed=0), seed=0)
-    while runner.env_steps < warmup:
-        runner.step(model.act)
-    _sync(device)
-    start, first = time.perf_counter(), runner.env_steps
-    while runner.env_steps < warmup + steps:
-        runner.step(model.act)
-    _sync(device)
-    envs.close()
-    return {"env_steps_per_s": (runner.env_steps - first) / (time.perf_counter() - start)}
+    def time(self, n: int) -> float:
+        """µs per update over ``n`` updates."""
+        return _us_per_call(self.update, n, self.device)
 
 
-class PlainLoop:
-    """lit_dqn's collection and update as plain calls on CartPole-v1, with their own Q-network, env and
-    buffer (no framework): what any DQN loop must run, timed alone or taking turns."""
+class CollectionFloor:
+    """lit_dqn's collection alone: a CartPole vector env stepped by ``DQN.act`` (the tutorial config's
+    ε schedule, so the greedy forward runs as often as in training), every transition pushed into
+    the buffer, no updates and no framework."""
 
     def __init__(self, warmup: int = 500, device: str = "cpu") -> None:
         import gymnasium as gym
@@ -121,20 +108,54 @@ class PlainLoop:
         self.envs = gym.make_vec("CartPole-v1", num_envs=1, vectorization_mode="sync")
         self.runner = EnvRunner(self.envs, ReplayBuffer(10_000, (OBS_DIM,), device=self.device, seed=0), seed=0)
         while self.runner.env_steps < max(warmup, BATCH_SIZE):
-            self.runner.step(self.model.act)
-        self.update = _plain_update(self.runner.buffer, self.model.policy_net)
+            self.collect()
 
-    def time(self, n: int, collect: bool = True, update: bool = True) -> float:
-        """µs per iteration of ``n`` iterations of an env step and/or an update."""
+    def collect(self) -> None:
+        self.runner.step(self.model.act)
+
+    def time(self, n: int) -> float:
+        """µs per env step over ``n`` stored transitions (an autoreset call stores none)."""
         _sync(self.device)
-        start = time.perf_counter()
-        for _ in range(n):
-            if collect:
-                self.runner.step(self.model.act)
-            if update:
-                self.update()
+        start, target = time.perf_counter(), self.runner.env_steps + n
+        while self.runner.env_steps < target:
+            self.collect()
         _sync(self.device)
         return (time.perf_counter() - start) / n * 1e6
+
+    def close(self) -> None:
+        self.envs.close()
+
+
+class PlainLoop(CollectionFloor):
+    """The collection and the update taking turns on one buffer, as plain calls: what any DQN loop
+    runs, with no framework. Not a floor: each evicts the other's data from the caches, a cost
+    lit_dqn pays too."""
+
+    def __init__(self, warmup: int = 500, device: str = "cpu") -> None:
+        super().__init__(warmup, device)
+        self.update = _plain_update(self.runner.buffer, self.model.policy_net)
+        self.time(warmup)
+
+    def step(self) -> None:
+        self.collect()
+        self.update()
+
+    def time(self, n: int) -> float:
+        """µs per iteration (one env step, one update) over ``n`` iterations."""
+        return _us_per_call(self.step, n, self.device)
+
+
+def update_alone(steps: int, warmup: int = 500, device: str = "cpu") -> dict[str, float]:
+    """Updates per second of lit_dqn's update with nothing around it."""
+    return {"updates_per_s": 1e6 / UpdateFloor(warmup, device).time(steps)}
+
+
+def collection_alone(steps: int, warmup: int = 500, device: str = "cpu") -> dict[str, float]:
+    """Env steps per second of lit_dqn's collection with no updates."""
+    floor = CollectionFloor(warmup, device)
+    us = floor.time(steps)
+    floor.close()
+    return {"env_steps_per_s": 1e6 / us}
 
 
 def interleaved_alone(steps: int, warmup: int = 500, device: str = "cpu") -> dict[str, float]:
@@ -143,9 +164,8 @@ def interleaved_alone(steps: int, warmup: int = 500, device: str = "cpu") -> dic
     (not one of the three floors ``benchmark.py`` adds up; it shows how much of lit_dqn's gap to them
     any DQN loop pays)."""
     loop = PlainLoop(warmup, device)
-    loop.time(warmup)
     us = loop.time(steps)
-    loop.envs.close()
+    loop.close()
     return {"steps_per_s": 1e6 / us}
 
 

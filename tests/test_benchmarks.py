@@ -15,23 +15,28 @@ def run_script(*args: str) -> str:
     return result.stdout
 
 
-def test_benchmark_prints_throughput_with_floors_and_a_solve_table() -> None:
+def test_benchmark_prints_throughput_with_paired_floors_and_a_solve_table() -> None:
     out = run_script(
-        "benchmarks/benchmark.py", "--steps", "30", "--warmup", "10", "--rounds", "1", "--seeds", "0",
-        "--", "--trainer.max_steps=300", "--trainer.val_check_interval=15", "--data.warmup_steps=256",
-        "--data.eval_episodes=5",
+        "benchmarks/benchmark.py", "--steps", "60", "--warmup", "20", "--block", "20", "--rounds", "1",
+        "--seeds", "0", "--", "--trainer.max_steps=300", "--trainer.val_check_interval=15",
+        "--data.warmup_steps=256", "--data.eval_episodes=5",
     )  # fmt: skip
     floors = ("floor: update alone", "floor: env + acting + push alone", "floor: Lightning loop")
-    for row in ("lit_dqn", "tutorial (reference)", *floors):
+    for row in ("lit_dqn", "tutorial (reference)", *floors, "plain loop (env step + update)"):
         assert row in out, out
     assert "ratio lit_dqn / tutorial" in out and "2x the tutorial needs" in out and "tops out at" in out
     assert "solved" in out and "peak RSS" in out
     # the accounting line adds up the floors printed in the table
     floor_rows = [line[34:].split() for line in out.splitlines() if line.startswith("floor:")]
     floor_us = [float(row[2]) for row in floor_rows]  # columns: env steps/s, updates/s, us/step
-    assert len(floor_us) == 3
+    assert len(floor_us) == 3 and all(us > 0 for us in floor_us)
     total = re.search(r"the three floors add up to (\d+) us", out)
     assert total is not None and abs(float(total.group(1)) - sum(floor_us)) <= 2, out
+    # the overrides after -- reach lit_dqn's throughput run too: max_steps 300 leaves 280 updates
+    # after the 20 of warm-up, in bursts of 20: 14 blocks of 20, each paired with its floors
+    paired = re.search(r"lit_dqn / the three floors: ([\d.]+)x .*per round: ([\d.]+) \((\d+) blocks", out)
+    assert paired is not None and paired.group(3) == "14", out
+    assert float(paired.group(1)) == float(paired.group(2)) > 0  # one round: its median is the figure
 
 
 def test_profile_step_accounts_for_the_update() -> None:
@@ -80,11 +85,3 @@ def test_ddp_benchmark_compares_one_and_two_processes() -> None:
     assert [(row[0], row[1]) for row in solve] == [("1", "0"), ("2", "0")], out
     for processes, _, _, updates, env_steps, _ in solve:  # at the best validation, after 60 or 120 updates
         assert updates in ("60", "120") and int(env_steps) == int(processes) * (256 + int(updates)), out
-
-
-def test_paired_benchmark_times_lit_dqn_and_the_plain_loop_in_blocks() -> None:
-    out = run_script("benchmarks/paired.py", "--updates", "500", "--block", "100", "--warmup", "200")
-    assert "3 paired blocks of 100 updates (20 per training step)" in out, out
-    figures = re.search(r"lit_dqn (\d+)  plain interleaved (\d+)  plain update (\d+)  plain collection (\d+)", out)
-    assert figures is not None and all(int(value) > 0 for value in figures.groups()), out
-    assert "lit - interleaved" in out and "lit_dqn / (update + collection)" in out
