@@ -8,18 +8,22 @@
 Throughput: ``configs/cartpole_tutorial.yaml`` (1 env step + 1 update of batch 128, 20 updates per
 training step) against ``tutorial_loop.py``, each in a fresh process, alternating for ``--rounds``
 rounds; the timers start after ``--warmup`` updates (startup, compilation of kernels) and run for
-``--steps`` updates. The ratio of medians is the figure to compare: absolute rates drift with the
-machine's load. Three floors from ``floors.py`` bound how fast a Lightning DQN step can be on the
-machine: lit_dqn's update with no env and no framework, collecting transitions with no update, and
-Lightning's loop around an empty step. They are timed **paired** with lit_dqn, in its process: after
-every ``--block`` updates of lit_dqn's ``fit``, a callback times each floor for as many updates, so a
-lit_dqn block and its floors see the same machine. ``lit_dqn / the three floors`` is the median over
-a round's blocks of lit_dqn's block over the sum of its floors, then the median over rounds;
-lit_dqn's own row counts all its timed blocks (the time spent in the floors excluded). The
-``plain loop`` row, timed in the same blocks, is not a floor: the env step and the update taking
-turns as plain calls (``floors.PlainLoop``), what interleaving costs any DQN loop. (Timed
-in separate processes one after another, as this script did until 2026-11-30, that ratio moved by
-±25% between runs of the same code on a shared machine; see benchmarks/README.md.)
+``--steps`` updates. Absolute rates drift with the machine's load, so ratios are the figures to
+compare.
+
+Three floors from ``floors.py`` bound how fast a Lightning DQN step can be on the machine: lit_dqn's
+update with no env and no framework, collecting transitions with no update, and Lightning's loop
+around an empty step. They are timed **paired** with lit_dqn, in its process: after every
+``--block`` updates of lit_dqn's ``fit``, a callback times each floor for as many updates, so a
+lit_dqn block and its floors see the same machine. ``lit_dqn / the three floors`` is lit_dqn's
+time over its floors', summed over a round's blocks (every block counts, with whatever periodic
+work it holds), then the median over rounds. A second figure counts Lightning's loop once per
+training step of ``data.updates_per_training_step`` updates, as lit_dqn pays it, rather than once
+per update. lit_dqn's own row counts all its timed blocks, the time spent in the floors excluded.
+The ``plain loop`` row, timed in the same blocks, is not a floor: the env step and the update
+taking turns as plain calls (``floors.PlainLoop``), what interleaving costs any DQN loop. (Timed in
+separate processes one after another, as this script did until 2026-11-30, the floors ratio moved
+by ±25% between runs of the same code on a shared machine; see benchmarks/README.md.)
 
 Solve: each seed trains the default config in its own process (``fit``, which stops early once the
 greedy validation mean reaches the config's threshold) and then tests the best checkpoint on the
@@ -39,6 +43,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -69,23 +74,24 @@ def build_cli(config: str, root: str, device: str, extra: list[str]):
     return DQNCLI(DQN, GymDataModule, args=args + extra, run=False)
 
 
+FLOORS = ("update_us", "collect_us", "loop_us")  # µs per update of the three floors
+PAIRED_FLOORS = (*FLOORS, "plain_us")  # and of the plain loop, timed in the same blocks
+
+
 class PairedFloors(L.Callback):
     """Times lit_dqn's ``fit`` in blocks of ``block`` updates from update ``warmup`` on and, after each
-    block, the three floors (and the plain loop) for ``block`` updates each, in this process.
+    block, each of ``floors`` (name -> a timer of ``n`` updates returning µs per update) for
+    ``block`` updates, in this process.
 
     A block ends at the end of the training step that completes it (a training step may hold
     several updates), so it includes Lightning's loop once per training step, as training does.
     """
 
-    def __init__(self, warmup: int, block: int, device: str) -> None:
-        from floors import CollectionFloor, PlainLoop, UpdateFloor
-
-        self.warmup, self.block, self.device = warmup, block, device
-        self.update_floor, self.collection_floor = UpdateFloor(device=device), CollectionFloor(device=device)
-        self.plain_loop = PlainLoop(device=device)
+    def __init__(self, warmup: int, block: int, device: str, floors: dict[str, Callable[[int], float]]) -> None:
+        self.warmup, self.block, self.device, self.floors = warmup, block, device, floors
         self.start: float | None = None
         self.start_updates = self.start_env_steps = 0
-        self.rows: list[dict[str, float]] = []  # one per block: µs per update of lit_dqn and of each floor
+        self.rows: list[dict[str, float]] = []  # one per block: lit_dqn's time and updates, each floor's µs
 
     def _sync(self) -> None:
         if self.device == "cuda":
@@ -106,48 +112,68 @@ class PairedFloors(L.Callback):
             return
         self._sync()
         seconds = time.perf_counter() - self.start
-        from floors import lightning_alone
-
         row = {
             "seconds": seconds,
             "updates": updates,
             "env_steps": trainer.datamodule.runner.env_steps - self.start_env_steps,
-            "lit_us": seconds / updates * 1e6,
-            "update_us": self.update_floor.time(self.block),
-            "collect_us": self.collection_floor.time(self.block),
-            "loop_us": 1e6 / lightning_alone(self.block, warmup=20, device=self.device)["steps_per_s"],
-            "plain_us": self.plain_loop.time(self.block),
         }
-        row["ratio"] = row["lit_us"] / (row["update_us"] + row["collect_us"] + row["loop_us"])
+        row["lit_us"] = seconds / updates * 1e6
+        row.update({name: timer(self.block) for name, timer in self.floors.items()})
         self.rows.append(row)
         self._restart(trainer)
 
 
+def paired_floors(device: str) -> dict[str, Callable[[int], float]]:
+    """The three floors and the plain loop, built once per round and timed after every block."""
+    from floors import CollectionFloor, PlainLoop, UpdateFloor, lightning_alone
+
+    def loop_us(n: int) -> float:
+        return 1e6 / lightning_alone(n, warmup=20, device=device)["steps_per_s"]
+
+    update, collect, plain = UpdateFloor(device=device), CollectionFloor(device=device), PlainLoop(device=device)
+    return {"update_us": update.time, "collect_us": collect.time, "loop_us": loop_us, "plain_us": plain.time}
+
+
+def summarize_blocks(rows: list[dict[str, float]], k: int) -> dict[str, float]:
+    """A round's figures from its paired blocks: lit_dqn's and each floor's mean µs per update over
+    all blocks (a cost that lands in some blocks only, such as a progress-bar refresh, counts in
+    full); ``ratio``, lit_dqn's time over the three floors' sum; ``ratio_per_step``, the same with
+    Lightning's loop counted once per training step of ``k`` updates, as lit_dqn pays it."""
+    updates = sum(row["updates"] for row in rows)
+    seconds = sum(row["seconds"] for row in rows)
+    means = {key: sum(row[key] * row["updates"] for row in rows) / updates for key in PAIRED_FLOORS}
+    lit_us = seconds / updates * 1e6
+    ratios = [row["lit_us"] / sum(row[key] for key in FLOORS) for row in rows]
+    return {
+        **means,
+        "lit_us": lit_us,
+        "ratio": lit_us / sum(means[key] for key in FLOORS),
+        "ratio_per_step": lit_us / (means["update_us"] + means["collect_us"] + means["loop_us"] / k),
+        "k": k,
+        "updates": updates,
+        "env_steps_per_s": sum(row["env_steps"] for row in rows) / seconds,
+        "updates_per_s": updates / seconds,
+        "blocks": len(rows),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+    }
+
+
 def lit_throughput(job: tuple[int, int, int, str, list[str]]) -> dict[str, float]:
-    """One round: lit_dqn's ``fit`` with its floors timed in paired blocks; per-block medians."""
+    """One round: lit_dqn's ``fit`` with its floors timed in paired blocks (``summarize_blocks``)."""
     warmup, steps, block, device, extra = job
     _quiet()
     with tempfile.TemporaryDirectory() as root:
         config = str(ROOT / "configs" / "cartpole_tutorial.yaml")
         cli = build_cli(config, root, device, ["--trainer.max_steps", str(warmup + steps), *extra])
         cli.trainer.callbacks = [c for c in cli.trainer.callbacks if type(c).__name__ != "GreedyVideo"]
-        paired = PairedFloors(warmup, block, device)
+        paired = PairedFloors(warmup, block, device, paired_floors(device))
         cli.trainer.callbacks.append(paired)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     if not paired.rows:
-        raise SystemExit(f"no block of {block} updates in {steps} timed updates: raise --steps or lower --block")
-    seconds = sum(row["seconds"] for row in paired.rows)  # lit_dqn's throughput: all its timed blocks
-    medians = {key: statistics.median(row[key] for row in paired.rows) for key in paired.rows[0]}
-    ratios = [row["ratio"] for row in paired.rows]
-    return {
-        **medians,
-        "env_steps_per_s": sum(row["env_steps"] for row in paired.rows) / seconds,
-        "updates_per_s": sum(row["updates"] for row in paired.rows) / seconds,
-        "blocks": len(ratios),
-        "ratio_min": min(ratios),
-        "ratio_max": max(ratios),
-        "peak_rss_mib": _peak_rss_mib(),
-    }
+        raise RuntimeError(f"no block of {block} updates after the {warmup} of warm-up: raise --steps or lower --block")
+    k = cli.datamodule.hparams.updates_per_training_step
+    return {**summarize_blocks(paired.rows, k), "peak_rss_mib": _peak_rss_mib()}
 
 
 def tutorial_throughput(job: tuple[int, int, int, str, list[str]]) -> dict[str, float]:
@@ -233,7 +259,7 @@ def throughput_table(args: argparse.Namespace) -> None:
     print(
         f"## Throughput: configs/cartpole_tutorial.yaml vs the tutorial's loop ({args.device}, "
         f"{args.steps} updates after {args.warmup}, median of {args.rounds} rounds; lit_dqn and its floors "
-        f"in paired blocks of {args.block} updates)"
+        f"in paired blocks of {args.block} updates, {statistics.median(r['updates'] for r in lit):.0f} timed)"
     )
     print(f"{'loop':<34} {'env steps/s':>12} {'updates/s':>10} {'us/step':>8} {'peak RSS MiB':>13}")
     us = {}
@@ -243,9 +269,7 @@ def throughput_table(args: argparse.Namespace) -> None:
         rss = max(r["peak_rss_mib"] for r in rows)
         us[name] = 1e6 / steps
         print(f"{name:<34} {steps:>12.0f} {updates:>10.0f} {us[name]:>8.0f} {rss:>13.0f}")
-    update_us, collect_us, loop_us, plain_us = (
-        statistics.median(r[key] for r in lit) for key in ("update_us", "collect_us", "loop_us", "plain_us")
-    )
+    update_us, collect_us, loop_us, plain_us = (statistics.median(r[key] for r in lit) for key in PAIRED_FLOORS)
     print(f"{'floor: update alone (no env)':<34} {'-':>12} {1e6 / update_us:>10.0f} {update_us:>8.0f} {'':>13}")
     print(f"{'floor: env + acting + push alone':<34} {1e6 / collect_us:>12.0f} {'-':>10} {collect_us:>8.0f} {'':>13}")
     print(f"{'floor: Lightning loop, empty step':<34} {'-':>12} {'-':>10} {loop_us:>8.0f} {'':>13}")
@@ -260,8 +284,14 @@ def throughput_table(args: argparse.Namespace) -> None:
         f"{r['ratio']:.2f} ({r['blocks']} blocks, {r['ratio_min']:.2f}-{r['ratio_max']:.2f})" for r in lit
     )
     print(
-        f"lit_dqn / the three floors: {statistics.median(r['ratio'] for r in lit):.2f}x (median over rounds of "
-        f"the median paired block; per round: {per_round})"
+        f"lit_dqn / the three floors: {statistics.median(r['ratio'] for r in lit):.2f}x (lit_dqn's time over the "
+        f"floors' in its paired blocks, median of rounds; per round: {per_round})"
+    )
+    k = lit[0]["k"]
+    per_round = ", ".join(f"{r['ratio_per_step']:.2f}" for r in lit)
+    print(
+        f"  with Lightning's loop counted once per training step of {k} updates, as lit_dqn pays it: "
+        f"{statistics.median(r['ratio_per_step'] for r in lit):.2f}x (per round: {per_round})"
     )
     print(
         f"2x the tutorial needs <= {us['tutorial (reference)'] / 2:.0f} us/step; the three floors add up to "
@@ -326,6 +356,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="seeds trained at once, one process each")
     parser.add_argument("extra", nargs="*", help="lit_dqn CLI overrides, after --")
     args = parser.parse_args()
+    if args.steps < args.block:
+        parser.error(f"--steps ({args.steps}) must be at least --block ({args.block}): no block would be timed")
     print(f"torch {torch.__version__}, {os.cpu_count()} CPU(s), {torch.get_num_threads()} torch thread(s)\n")
     if not args.skip_throughput:
         throughput_table(args)

@@ -78,12 +78,14 @@ class UpdateFloor:
 
     def __init__(self, warmup: int = 500, device: str = "cpu") -> None:
         self.device = torch.device(device)
-        torch.manual_seed(0)
-        buffer = ReplayBuffer(10_000, (OBS_DIM,), device=self.device, seed=0)
-        n = buffer.capacity
-        buffer.push(torch.randn(n, OBS_DIM), torch.randint(N_ACTIONS, (n,)), torch.ones(n), torch.randn(n, OBS_DIM),
-                    torch.rand(n) < 0.05)  # fmt: skip
-        self.update = _plain_update(buffer, QNetwork(OBS_DIM, N_ACTIONS).to(self.device))
+        with torch.random.fork_rng(devices=[]):  # seeded, without moving the caller's generator
+            torch.manual_seed(0)
+            buffer = ReplayBuffer(10_000, (OBS_DIM,), device=self.device, seed=0)
+            n = buffer.capacity
+            buffer.push(torch.randn(n, OBS_DIM), torch.randint(N_ACTIONS, (n,)), torch.ones(n),
+                        torch.randn(n, OBS_DIM), torch.rand(n) < 0.05)  # fmt: skip
+            policy_net = QNetwork(OBS_DIM, N_ACTIONS).to(self.device)
+        self.update = _plain_update(buffer, policy_net)
         self.time(warmup)
 
     def time(self, n: int) -> float:
@@ -103,8 +105,9 @@ class CollectionFloor:
         from lit_dqn.rollout import EnvRunner
 
         self.device = torch.device(device)
-        torch.manual_seed(0)
-        self.model = DQN(OBS_DIM, N_ACTIONS, eps_start=0.9, eps_end=0.05, eps_decay=1000).to(self.device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            self.model = DQN(OBS_DIM, N_ACTIONS, eps_start=0.9, eps_end=0.05, eps_decay=1000).to(self.device)
         self.envs = gym.make_vec("CartPole-v1", num_envs=1, vectorization_mode="sync")
         self.runner = EnvRunner(self.envs, ReplayBuffer(10_000, (OBS_DIM,), device=self.device, seed=0), seed=0)
         while self.runner.env_steps < max(warmup, BATCH_SIZE):
@@ -136,13 +139,18 @@ class PlainLoop(CollectionFloor):
         self.update = _plain_update(self.runner.buffer, self.model.policy_net)
         self.time(warmup)
 
-    def step(self) -> None:
-        self.collect()
-        self.update()
-
     def time(self, n: int) -> float:
-        """µs per iteration (one env step, one update) over ``n`` iterations."""
-        return _us_per_call(self.step, n, self.device)
+        """µs per update over ``n`` updates, each after the env stored one more transition (as in
+        lit_dqn, an autoreset call, which stores none, is not followed by an update)."""
+        _sync(self.device)
+        start = time.perf_counter()
+        for _ in range(n):
+            target = self.runner.env_steps + 1
+            while self.runner.env_steps < target:
+                self.collect()
+            self.update()
+        _sync(self.device)
+        return (time.perf_counter() - start) / n * 1e6
 
 
 def update_alone(steps: int, warmup: int = 500, device: str = "cpu") -> dict[str, float]:
@@ -197,30 +205,30 @@ class EmptyStep(L.LightningModule):
 
 
 class _Timer(L.Callback):
-    def __init__(self, warmup: int) -> None:
-        self.warmup = warmup
+    """Times ``steps`` whole loop iterations: from the start of batch ``warmup`` to the start of
+    batch ``warmup + steps`` (so the end of fit, with its checkpoint save, is not counted)."""
+
+    def __init__(self, warmup: int, steps: int) -> None:
+        self.warmup, self.steps = warmup, steps
         self.start = self.elapsed = 0.0
-        self.steps = 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if batch_idx == self.warmup:
             self.start = time.perf_counter()
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        self.elapsed = time.perf_counter() - self.start
-        self.steps = trainer.fit_loop.epoch_loop.batch_progress.total.completed - self.warmup
+        elif batch_idx == self.warmup + self.steps:
+            self.elapsed = time.perf_counter() - self.start
 
 
 def lightning_alone(steps: int, warmup: int = 500, device: str = "cpu") -> dict[str, float]:
     """Training steps per second of Lightning's loop around a step that does nothing."""
-    timer = _Timer(warmup)
+    timer = _Timer(warmup, steps)
     with tempfile.TemporaryDirectory() as root:
         trainer = L.Trainer(
             accelerator=device,
             devices=1,
             max_steps=-1,
             max_epochs=1,
-            limit_train_batches=warmup + steps,
+            limit_train_batches=warmup + steps + 1,
             limit_val_batches=0,
             log_every_n_steps=100,
             default_root_dir=root,

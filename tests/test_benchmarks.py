@@ -3,6 +3,7 @@
 import re
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -36,7 +37,45 @@ def test_benchmark_prints_throughput_with_paired_floors_and_a_solve_table() -> N
     # after the 20 of warm-up, in bursts of 20: 14 blocks of 20, each paired with its floors
     paired = re.search(r"lit_dqn / the three floors: ([\d.]+)x .*per round: ([\d.]+) \((\d+) blocks", out)
     assert paired is not None and paired.group(3) == "14", out
-    assert float(paired.group(1)) == float(paired.group(2)) > 0  # one round: its median is the figure
+    per_step = re.search(r"once per training step of 20 updates, as lit_dqn pays it: ([\d.]+)x", out)
+    # the loop counted at 1/20 per update: a smaller floor, so a larger ratio
+    assert per_step is not None and float(per_step.group(1)) > float(paired.group(1)) > 0, out
+
+
+def test_paired_blocks_exclude_the_floors_time_and_count_every_block(monkeypatch) -> None:
+    """PairedFloors and summarize_blocks on a fake clock: lit_dqn costs 1000 us per update, except
+    one slow training step; each floor advances the clock by its own cost while it is timed."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import benchmark
+
+    clock = [0.0]
+    monkeypatch.setattr(benchmark.time, "perf_counter", lambda: clock[0])
+    costs = {"update_us": 600.0, "collect_us": 150.0, "loop_us": 200.0, "plain_us": 900.0}
+
+    def floor(us: float):
+        def timer(n: int) -> float:
+            clock[0] += n * us * 1e-6  # the floor's own time, which must not count as lit_dqn's
+            return us
+
+        return timer
+
+    paired = benchmark.PairedFloors(40, 40, "cpu", {name: floor(us) for name, us in costs.items()})
+    trainer = SimpleNamespace(global_step=0, datamodule=SimpleNamespace(runner=SimpleNamespace(env_steps=0)))
+    for step in range(10):  # training steps of 20 updates; the first 2 are the warm-up
+        paired.on_train_batch_start(trainer, None, None, step)
+        clock[0] += 20 * (3000e-6 if step == 5 else 1000e-6)
+        trainer.global_step += 20
+        trainer.datamodule.runner.env_steps += 20
+        paired.on_train_batch_end(trainer, None, None, None, step)
+
+    assert [row["updates"] for row in paired.rows] == [40, 40, 40, 40]  # steps 2-3, 4-5, 6-7, 8-9
+    assert [round(row["lit_us"]) for row in paired.rows] == [1000, 2000, 1000, 1000]
+    summary = benchmark.summarize_blocks(paired.rows, k=20)
+    assert summary["lit_us"] == pytest.approx(1250)  # the slow block counts in full: not a median
+    assert summary["env_steps_per_s"] == pytest.approx(1e6 / 1250)
+    assert summary["ratio"] == pytest.approx(1250 / (600 + 150 + 200))
+    assert summary["ratio_per_step"] == pytest.approx(1250 / (600 + 150 + 200 / 20))
+    assert (summary["ratio_min"], summary["ratio_max"]) == pytest.approx((1000 / 950, 2000 / 950))
 
 
 def test_profile_step_accounts_for_the_update() -> None:
