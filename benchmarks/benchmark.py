@@ -5,8 +5,8 @@
     python benchmarks/benchmark.py --seeds 0 1 2 --jobs 2   # fewer seeds, two at a time
     python benchmarks/benchmark.py --skip-solve             # throughput only
 
-Throughput: ``configs/cartpole_tutorial.yaml`` (1 env step + 1 update of batch 128, 20 updates per
-training step) against ``tutorial_loop.py``, each in a fresh process, alternating for ``--rounds``
+Throughput: ``configs/cartpole_tutorial.yaml`` (1 env step + 1 update of batch 128 per training
+step) against ``tutorial_loop.py``, each in a fresh process, alternating for ``--rounds``
 rounds; the timers start after ``--warmup`` updates (startup, compilation of kernels) and run for
 ``--steps`` updates. Absolute rates drift with the machine's load, so ratios are the figures to
 compare.
@@ -17,13 +17,13 @@ around an empty step. They are timed **paired** with lit_dqn, in its process: af
 ``--block`` updates of lit_dqn's ``fit``, a callback times each floor for as many updates, so a
 lit_dqn block and its floors see the same machine. ``lit_dqn / the three floors`` is lit_dqn's
 time over its floors', summed over a round's blocks (every block counts, with whatever periodic
-work it holds), then the median over rounds. A second figure counts Lightning's loop once per
-training step of ``data.updates_per_training_step`` updates, as lit_dqn pays it, rather than once
-per update. lit_dqn's own row counts all its timed blocks, the time spent in the floors excluded.
-The ``plain loop`` row, timed in the same blocks, is not a floor: the env step and the update
-taking turns as plain calls (``floors.PlainLoop``), what interleaving costs any DQN loop. (Timed in
-separate processes one after another, as this script did until 2026-11-30, the floors ratio moved
-by ±25% between runs of the same code on a shared machine; see benchmarks/README.md.)
+work it holds), then the median over rounds; Lightning's loop counts once per update, as lit_dqn
+pays it (every training step is one update). lit_dqn's own row counts all its timed blocks, the
+time spent in the floors excluded. The ``plain loop`` row, timed in the same blocks, is not a
+floor: the env step and the update taking turns as plain calls (``floors.PlainLoop``), what
+interleaving costs any DQN loop. (Timed in separate processes one after another, as this script
+did until 2026-11-30, the floors ratio moved by ±25% between runs of the same code on a shared
+machine; see benchmarks/README.md.)
 
 Solve: each seed trains the default config in its own process (``fit``, which stops early once the
 greedy validation mean reaches the config's threshold) and then tests the best checkpoint on the
@@ -83,8 +83,8 @@ class PairedFloors(L.Callback):
     block, each of ``floors`` (name -> a timer of ``n`` updates returning µs per update) for
     ``block`` updates, in this process.
 
-    A block ends at the end of the training step that completes it (a training step may hold
-    several updates), so it includes Lightning's loop once per training step, as training does.
+    A block ends at the end of the training step (the update) that completes it, so it includes
+    Lightning's loop once per update, as training does.
     """
 
     def __init__(self, warmup: int, block: int, device: str, floors: dict[str, Callable[[int], float]]) -> None:
@@ -134,11 +134,10 @@ def paired_floors(device: str) -> dict[str, Callable[[int], float]]:
     return {"update_us": update.time, "collect_us": collect.time, "loop_us": loop_us, "plain_us": plain.time}
 
 
-def summarize_blocks(rows: list[dict[str, float]], k: int) -> dict[str, float]:
+def summarize_blocks(rows: list[dict[str, float]]) -> dict[str, float]:
     """A round's figures from its paired blocks: lit_dqn's and each floor's mean µs per update over
     all blocks (a cost that lands in some blocks only, such as a progress-bar refresh, counts in
-    full); ``ratio``, lit_dqn's time over the three floors' sum; ``ratio_per_step``, the same with
-    Lightning's loop counted once per training step of ``k`` updates, as lit_dqn pays it."""
+    full), and ``ratio``, lit_dqn's time over the three floors' sum."""
     updates = sum(row["updates"] for row in rows)
     seconds = sum(row["seconds"] for row in rows)
     means = {key: sum(row[key] * row["updates"] for row in rows) / updates for key in PAIRED_FLOORS}
@@ -148,8 +147,6 @@ def summarize_blocks(rows: list[dict[str, float]], k: int) -> dict[str, float]:
         **means,
         "lit_us": lit_us,
         "ratio": lit_us / sum(means[key] for key in FLOORS),
-        "ratio_per_step": lit_us / (means["update_us"] + means["collect_us"] + means["loop_us"] / k),
-        "k": k,
         "updates": updates,
         "env_steps_per_s": sum(row["env_steps"] for row in rows) / seconds,
         "updates_per_s": updates / seconds,
@@ -172,8 +169,7 @@ def lit_throughput(job: tuple[int, int, int, str, list[str]]) -> dict[str, float
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     if not paired.rows:
         raise RuntimeError(f"no block of {block} updates after the {warmup} of warm-up: raise --steps or lower --block")
-    k = cli.datamodule.hparams.updates_per_training_step
-    return {**summarize_blocks(paired.rows, k), "peak_rss_mib": _peak_rss_mib()}
+    return {**summarize_blocks(paired.rows), "peak_rss_mib": _peak_rss_mib()}
 
 
 def tutorial_throughput(job: tuple[int, int, int, str, list[str]]) -> dict[str, float]:
@@ -287,12 +283,6 @@ def throughput_table(args: argparse.Namespace) -> None:
         f"lit_dqn / the three floors: {statistics.median(r['ratio'] for r in lit):.2f}x (lit_dqn's time over the "
         f"floors' in its paired blocks, median of rounds; per round: {per_round})"
     )
-    k = lit[0]["k"]
-    per_round = ", ".join(f"{r['ratio_per_step']:.2f}" for r in lit)
-    print(
-        f"  with Lightning's loop counted once per training step of {k} updates, as lit_dqn pays it: "
-        f"{statistics.median(r['ratio_per_step'] for r in lit):.2f}x (per round: {per_round})"
-    )
     print(
         f"2x the tutorial needs <= {us['tutorial (reference)'] / 2:.0f} us/step; the three floors add up to "
         f"{floor_us:.0f} us (update {update_us:.0f} + env, acting and push {collect_us:.0f} + Lightning's loop "
@@ -302,7 +292,7 @@ def throughput_table(args: argparse.Namespace) -> None:
     print(
         f"lit_dqn's overhead beyond the update: {lit_us - update_us:.0f} us/update: env, acting and push "
         f"{collect_us:.0f}, the two taking turns {plain_us - update_us - collect_us:.0f} more (the plain loop), "
-        f"and {lit_us - plain_us:.0f} more for Lightning and lit_dqn (the loop once per training step, hooks, "
+        f"and {lit_us - plain_us:.0f} more for Lightning and lit_dqn (the loop, hooks, "
         "logging; see benchmarks/profile_step.py)"
     )
     print()

@@ -1,12 +1,13 @@
 """Where one update's time goes, on ``configs/cartpole_tutorial.yaml`` (1 env step + 1 update).
 
     python benchmarks/profile_step.py --steps 3000
-    python benchmarks/profile_step.py -- --data.updates_per_training_step 1   # one update per training step
+    python benchmarks/profile_step.py -- --trainer.log_every_n_steps 1000   # CLI overrides after --
 
 Wraps the functions a step calls with wall-clock timers (a few hundred ns each, unlike a tracing
 profiler's per-call overhead) and prints the time per step spent in each part after ``--warmup``
-updates (figures are per update). "Lightning loop" is the rest: hooks, the dataloader/fetcher and
-the progress bar, paid once per training step, which holds ``data.updates_per_training_step`` updates.
+updates (figures are per update, and a training step is one update). The replay stream's env steps
+and sample run inside Lightning's fetch of the batch; "Lightning loop" is what is left: hooks, the
+fetcher, the progress bar, logging and the stream's own Python.
 """
 
 import argparse
@@ -66,6 +67,7 @@ def main() -> None:
     from lit_dqn import module
     from lit_dqn.buffer import ReplayBuffer
     from lit_dqn.module import DQN
+    from lit_dqn.rollout import EnvRunner
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=3000)
@@ -81,20 +83,20 @@ def main() -> None:
 
         # (label, owner, attribute); indented labels are parts of the unindented one above them
         parts = [
-            ("training_step", DQN, "training_step"),
+            ("replay stream: env steps (EnvRunner.step)", EnvRunner, "step"),
             ("  env step (gymnasium)", gym.vector.SyncVectorEnv, "step"),
             ("  action selection (ε-greedy, forward)", DQN, "act"),
             ("  buffer push", ReplayBuffer, "push"),
-            ("  buffer sample", ReplayBuffer, "sample"),
-            ("  stop checks (_after_collection)", DQN, "_after_collection"),
-            ("  update (_update)", DQN, "_update"),
-            ("    TD targets", module, "td_targets"),
-            ("    Huber loss", module, "td_loss"),
-            ("    backward", torch.autograd, "backward"),
-            ("    gradient clipping", torch.nn.utils, "clip_grad_value_"),
-            ("    AdamW step (fused)", torch.optim.AdamW, "step"),
-            ("    soft update", module, "soft_update"),
-            ("  episode logging (_after_burst)", DQN, "_after_burst"),
+            ("replay stream: buffer sample", ReplayBuffer, "sample"),
+            ("on_train_batch_start (episodes, stop checks)", DQN, "on_train_batch_start"),
+            ("training_step (the update)", DQN, "training_step"),
+            ("  TD targets", module, "td_targets"),
+            ("  Huber loss", module, "td_loss"),
+            ("  backward", torch.autograd, "backward"),
+            ("  gradient clipping", torch.nn.utils, "clip_grad_value_"),
+            ("  AdamW step (fused)", torch.optim.AdamW, "step"),
+            ("on_train_batch_end (target update)", DQN, "on_train_batch_end"),
+            ("  soft update", module, "soft_update"),
         ]
         for label, owner, name in parts:
             timed(owner, name, label)
@@ -102,22 +104,29 @@ def main() -> None:
 
     per_update = {label: TOTALS[label] / window.steps * 1e6 for label, _, _ in parts}
     total = window.elapsed / window.steps * 1e6
-
-    def rest_of(parent: str, depth: int) -> float:
-        """The parent's time not spent in its timed parts (those indented ``depth`` spaces)."""
-        return per_update[parent] - sum(v for k, v in per_update.items() if len(k) - len(k.lstrip()) == depth)
-
-    rows = list(per_update.items())
-    at = [label for label, _ in rows].index("  episode logging (_after_burst)")
-    rows.insert(at, ("    forward passes and the rest", rest_of("  update (_update)", 4)))
-    rows.append(("  Python around the env steps and the sample", rest_of("training_step", 2)))
-    rows.append(("Lightning loop (hooks, fetcher, progress bar)", total - per_update["training_step"]))
-    k = cli.datamodule.hparams.updates_per_training_step
-    print(f"{args.steps} updates of {Path(args.config).name} after {args.warmup}, {k} per training step:")
+    rows: list[tuple[str, float]] = []
+    for label, value in per_update.items():
+        if not label.startswith(" ") and rows and rows[-1][0].startswith(" "):
+            rows.append(("  the rest", _rest(rows)))
+        rows.append((label, value))
+    rows.append(("  the rest", _rest(rows)))
+    top_level = sum(value for label, value in per_update.items() if not label.startswith(" "))
+    rows.append(("Lightning loop, fetcher and the stream's own Python", total - top_level))
+    print(f"{args.steps} updates of {Path(args.config).name} after {args.warmup}, one per training step:")
     print(f"{'part':<52} {'us/update':>9} {'share':>6}")
     for label, value in [("total", total), *rows]:
         print(f"{label:<52} {value:>9.0f} {value / total:>6.0%}")
-    print("(indented: parts of the line above; the forward passes of the online and target nets are in the rest)")
+    print("(indented: parts of the line above; the training step's rest is its forward passes and logging)")
+
+
+def _rest(rows: list[tuple[str, float]]) -> float:
+    """The latest unindented row's time not spent in the indented rows after it."""
+    parts = []
+    for label, value in reversed(rows):
+        if not label.startswith(" "):
+            return value - sum(parts)
+        parts.append(value)
+    raise ValueError("no unindented row")
 
 
 if __name__ == "__main__":

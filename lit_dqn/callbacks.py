@@ -1,6 +1,5 @@
 """Callbacks: episode statistics on the progress bar, and a clean stop on Ctrl-C or SIGTERM."""
 
-import math
 import signal
 import sys
 import threading
@@ -23,14 +22,10 @@ class EpisodeProgressBar(TQDMProgressBar):
 
     @property
     def total_train_batches(self) -> int | float:
-        """Training steps left: Lightning counts the updates ``trainer.max_steps`` leaves, and a step
-        holds ``data.updates_per_training_step`` of them. The replay stream reports ``sys.maxsize``
-        batches (see ``ReplayDataset.__len__``): with no step limit the bar is open-ended."""
+        """Updates left before ``trainer.max_steps``; the replay stream reports ``sys.maxsize`` batches
+        (see ``ReplayDataset.__len__``), so with no step limit the bar is open-ended."""
         total = super().total_train_batches
-        if total >= sys.maxsize:
-            return float("inf")
-        hparams = getattr(self.trainer.datamodule, "hparams", {})
-        return math.ceil(total / hparams.get("updates_per_training_step", 1))
+        return float("inf") if total >= sys.maxsize else total
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         metrics = super().get_metrics(trainer, pl_module)
@@ -42,11 +37,11 @@ class GracefulStop(L.Callback):
     """Ctrl-C (SIGINT) or SIGTERM ends training after the current update, and ``last.ckpt`` always
     holds the state training ended in (signal, ``max_steps``, ``max_episodes`` or early stopping).
 
-    The signal only sets ``trainer.should_stop``, so the update in progress finishes (the module ends
-    a burst there) and the saved state is consistent (buffer, counters, optimizer and target network
-    all after the same update). With several ranks (DDP) the request waits for the next training
-    step's start, where the module shares it with every rank, so all stop after the same update. A
-    second Ctrl-C interrupts at once, as usual. ``signum`` tells the CLI which signal ended the run.
+    The signal only sets ``trainer.should_stop``, so the update in progress finishes and the saved
+    state is consistent (buffer, counters, optimizer and target network all after the same update).
+    With several ranks (DDP) the request waits for the next training step's start, where the module
+    shares it with every rank, so all stop after the same update. A second Ctrl-C interrupts at
+    once, as usual. ``signum`` tells the CLI which signal ended the run.
     """
 
     def __init__(self) -> None:

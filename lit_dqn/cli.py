@@ -130,6 +130,14 @@ class DQNCLI(LightningCLI):
             report_changed_hyperparameters(checkpoint, self.model, ckpt_path)
 
 
+# Keys that configs of earlier versions set, and what a user does instead: the parse error names them.
+REMOVED_KEYS = {
+    "data.updates_per_training_step": (
+        "data.updates_per_training_step was removed: every training step is one update now, so "
+        "trainer.val_check_interval, trainer.log_every_n_steps and the progress bar's refresh_rate count "
+        "updates (multiply the old values by it) and learning is unchanged"
+    ),
+}
 LEAFSPEC_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
 RECORD_HELP = (
     "Videos of a trained agent: python -m lit_dqn record CKPT [--episodes 3] (python -m lit_dqn record --help)"
@@ -170,6 +178,7 @@ def main(args: list[str] | None = None) -> int:
             )
     except ArgumentError as error:  # unknown keys, wrong types: jsonargparse names the key and the type
         message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        message = next((hint for key, hint in REMOVED_KEYS.items() if key in message), message)
         print(f"lit_dqn: error: {message} (see python -m lit_dqn --help)", file=sys.stderr)
         return 2
     except (ConfigError, NonFiniteLossError) as error:

@@ -5,6 +5,7 @@ import math
 import sys
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import gymnasium as gym
@@ -31,58 +32,29 @@ from lit_dqn.prioritized import PrioritizedReplayBuffer
 from lit_dqn.rollout import EnvRunner, ExplorationPolicy, GreedyPolicy, evaluate
 
 
-class ReplayBurst:
-    """What one training step receives: ``updates`` replay batches, drawn one at a time as it iterates.
+@dataclass(frozen=True, slots=True)
+class ReplayBatch:
+    """What one training step (one DQN update) receives: a replay batch, drawn after the env took its
+    steps with the current weights, and what happened in those steps.
 
-    Each batch is drawn only when the learner asks for it, after the env was stepped to the replay
-    ratio with the policy as it is at that moment: the updates of a burst see exactly the env steps
-    and the weights they would see one per training step, so a burst changes how often Lightning's
-    loop runs, not what is learned. The counters (``episodes``, ``env_steps``, ...) are read live.
+    A dataclass, not a tuple: the DataLoader passes it through as it is instead of walking its fields.
     """
 
-    __slots__ = ("_dataset", "finished", "updates")
-
-    def __init__(self, dataset: "ReplayDataset", updates: int) -> None:
-        self._dataset = dataset
-        self.updates = updates
-        self.finished: list[tuple[float, int]] = []  # (return, length) of the episodes ended so far in this burst
-
-    def __iter__(self) -> Iterator[Transitions]:
-        for _ in range(self.updates):
-            yield self._dataset.draw(self.finished)
-
-    @property
-    def episodes(self) -> int:
-        """Episodes ended so far (by this process's envs)."""
-        return self._dataset.runner.episodes
-
-    @property
-    def env_steps(self) -> int:
-        """Transitions collected so far."""
-        return self._dataset.runner.env_steps
-
-    @property
-    def epsilon(self) -> float:
-        """ε of the latest action."""
-        return self._dataset.runner.epsilon
-
-    @property
-    def replay_size(self) -> int:
-        return len(self._dataset.runner.buffer)
-
-    @property
-    def update_priorities(self) -> Callable[[Tensor, Tensor], None] | None:
-        """Prioritized replay: where the learner sends a batch's new |TD errors| (slots [B], errors [B])."""
-        buffer = self._dataset.runner.buffer
-        return buffer.update_priorities if isinstance(buffer, PRIORITIZED) else None
+    transitions: Transitions
+    finished: list[tuple[float, int]]  # (return, length) of the episodes that ended while it was collected
+    episodes: int  # episodes ended so far (by this process's envs)
+    env_steps: int  # transitions collected so far
+    epsilon: float  # ε of the latest action
+    replay_size: int  # transitions the buffer holds
+    # Prioritized replay: where the learner sends the batch's new |TD errors| (slots [B], errors [B]).
+    update_priorities: Callable[[Tensor, Tensor], None] | None
 
 
 PRIORITIZED = (PrioritizedReplayBuffer, PrioritizedFrameReplayBuffer)
 
 
 class ReplayDataset(IterableDataset):
-    """Endless stream of replay bursts: each holds ``updates_per_burst`` batches, every one drawn after
-    the env was stepped with the current policy.
+    """Endless stream of replay batches, each drawn after the env was stepped with the current policy.
 
     The env runs ahead of the updates at a fixed replay ratio: before batch ``k`` (counting from 0)
     the buffer has received ``warmup_steps + ceil((k + 1) * num_envs / updates_per_step)``
@@ -91,9 +63,8 @@ class ReplayDataset(IterableDataset):
     feeds several updates. Counting transitions rather than calls keeps the ratio exact when a
     sub-env spends a call on its autoreset.
 
-    ``updates_left()`` (if given) caps a burst at the updates the run has left, so a burst never
-    runs past ``trainer.max_steps``. With a ``PrioritizedReplayBuffer``, each batch is sampled with the
-    importance-sampling exponent ``beta()`` gives at that moment (1, no annealing, if none is given).
+    With a ``PrioritizedReplayBuffer``, each batch is sampled with the importance-sampling exponent
+    ``beta()`` gives at that moment (1, no annealing, if none is given).
     """
 
     def __init__(
@@ -105,8 +76,6 @@ class ReplayDataset(IterableDataset):
         updates_per_step: float = 1.0,
         batches: int = 0,
         beta: Callable[[], float] | None = None,
-        updates_per_burst: int = 1,
-        updates_left: Callable[[], int] | None = None,
     ) -> None:
         self.runner = runner
         self.policy = policy
@@ -115,32 +84,30 @@ class ReplayDataset(IterableDataset):
         self.updates_per_step = updates_per_step
         self.batches = batches  # drawn so far; part of the state an exact resume restores
         self.beta = beta or (lambda: 1.0)
-        self.updates_per_burst = updates_per_burst
-        self.updates_left = updates_left
 
     def __len__(self) -> int:
-        """Endless, but sized: Lightning prefetches one item from a stream of unknown length (to spot
-        its end); sized, nothing is drawn before the learner asks for it."""
+        """Endless, but sized: Lightning prefetches one batch from a stream of unknown length (to spot
+        its end), which would step the env with the weights from before the latest update; sized,
+        each batch is drawn only when the learner asks for it."""
         return sys.maxsize
 
-    def __iter__(self) -> Iterator[ReplayBurst]:
-        while True:
-            updates = self.updates_per_burst
-            if self.updates_left is not None:
-                updates = max(1, min(updates, self.updates_left()))
-            yield ReplayBurst(self, updates)
-
-    def draw(self, finished: list[tuple[float, int]]) -> Transitions:
-        """Step the env until the next batch is due (appending the episodes that end to ``finished``),
-        then sample that batch."""
+    def __iter__(self) -> Iterator[ReplayBatch]:
         runner, buffer = self.runner, self.runner.buffer
-        due = self.warmup_steps + math.ceil((self.batches + 1) * runner.num_envs / self.updates_per_step)
-        while runner.env_steps < due:
-            finished += runner.step(self.policy)
-        self.batches += 1
-        if isinstance(buffer, PRIORITIZED):
-            return buffer.sample(self.batch_size, beta=self.beta())
-        return buffer.sample(self.batch_size)
+        prioritized = isinstance(buffer, PRIORITIZED)
+        update_priorities = buffer.update_priorities if prioritized else None
+        while True:
+            finished: list[tuple[float, int]] = []
+            due = self.warmup_steps + math.ceil((self.batches + 1) * runner.num_envs / self.updates_per_step)
+            while runner.env_steps < due:
+                finished += runner.step(self.policy)
+            self.batches += 1
+            if prioritized:
+                transitions = buffer.sample(self.batch_size, beta=self.beta())
+            else:
+                transitions = buffer.sample(self.batch_size)
+            yield ReplayBatch(
+                transitions, finished, runner.episodes, runner.env_steps, runner.epsilon, len(buffer), update_priorities
+            )
 
 
 class EvaluationDataset(IterableDataset):
@@ -172,14 +139,6 @@ class GymDataModule(L.LightningDataModule):
         warmup_steps: transitions collected before the first batch (at least ``batch_size``).
         updates_per_step: the replay ratio, in updates per vector env step: 1 is the tutorial's
             one update per step; 0.25 updates once every 4 steps; 2 updates twice per step.
-        updates_per_training_step: updates one Lightning training step performs (a burst), each on
-            its own batch drawn after the env took its steps, so what is learned does not depend on
-            it. Lightning's per-step work (hooks, progress bar, loop) is then paid once per burst:
-            ``trainer.max_steps`` and ``global_step`` still count updates, while
-            ``trainer.val_check_interval`` and ``trainer.log_every_n_steps`` count training steps.
-            1 is one update per training step; the shipped configs use 20 (Atari's 1: its env
-            steps dwarf the loop). On CartPole, Lightning's per-step work would otherwise cost
-            about a tenth of each update on a CPU (``benchmarks/README.md``).
         n_step: rewards summed per TD target before bootstrapping (n-step returns, computed when
             a batch is sampled); 1 is the tutorial's one-step target. Larger values carry rewards
             back faster at the cost of some bias from the older, more exploratory actions.
@@ -213,7 +172,6 @@ class GymDataModule(L.LightningDataModule):
         buffer_capacity: int = 10_000,
         warmup_steps: int = 128,
         updates_per_step: float = 1.0,
-        updates_per_training_step: int = 1,
         n_step: int = 1,
         seed: int | None = None,
         eval_episodes: int = 100,
@@ -234,7 +192,6 @@ class GymDataModule(L.LightningDataModule):
         check_at_least("data.warmup_steps", warmup_steps, "data.batch_size", batch_size)
         check_at_most("data.warmup_steps", warmup_steps, "data.buffer_capacity", buffer_capacity)
         check_positive("data.updates_per_step", updates_per_step)
-        check_interval("data.updates_per_training_step", updates_per_training_step, 1, math.inf)
         check_interval("data.n_step", n_step, 1, math.inf)
         if n_step > 1:
             check_at_least("data.buffer_capacity", buffer_capacity, "2 * data.num_envs", 2 * num_envs)
@@ -294,13 +251,6 @@ class GymDataModule(L.LightningDataModule):
         check_max_steps_for("data.prioritized", "true", trainer.max_steps)
         return lambda: min(1.0, start + (1.0 - start) * trainer.global_step / trainer.max_steps)
 
-    def _updates_left(self) -> Callable[[], int] | None:
-        """Updates the run has left before ``trainer.max_steps`` (``None``: no step limit)."""
-        trainer = self.trainer
-        if trainer is None or trainer.max_steps < 0:
-            return None
-        return lambda: trainer.max_steps - trainer.global_step
-
     def _make_dataset(self) -> ReplayDataset:
         hp = self.hparams
         device = self.trainer.lightning_module.device if self.trainer is not None else torch.device("cpu")
@@ -344,8 +294,6 @@ class GymDataModule(L.LightningDataModule):
             hp.warmup_steps,
             hp.updates_per_step,
             beta=self._beta_schedule(),
-            updates_per_burst=hp.updates_per_training_step,
-            updates_left=self._updates_left(),
         )
         if self._resume_state is not None:
             self._restore(dataset, self._rank_state(self._resume_state))
@@ -363,10 +311,10 @@ class GymDataModule(L.LightningDataModule):
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         """Replay batches are sampled from a buffer that already lives on the model's device.
 
-        Lightning's default walks every batch looking for tensors to move; a burst has none until it
-        is iterated. Evaluation batches are a handful of returns, moved as usual.
+        Lightning's default walks every batch looking for tensors to move, which costs more than a
+        small network's forward pass. Evaluation batches are a handful of returns, moved as usual.
         """
-        if isinstance(batch, ReplayBurst):
+        if isinstance(batch, ReplayBatch):
             return batch
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 

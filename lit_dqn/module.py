@@ -2,7 +2,7 @@
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,7 +13,6 @@ from torch import Tensor
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 from torchmetrics.aggregation import MeanMetric
 
-from lit_dqn.buffer import Transitions
 from lit_dqn.checks import (
     ConfigError,
     check_at_most,
@@ -22,7 +21,7 @@ from lit_dqn.checks import (
     check_positive,
     check_sizes,
 )
-from lit_dqn.data import ReplayBurst
+from lit_dqn.data import ReplayBatch
 from lit_dqn.distributed import gather_objects, sum_over_ranks, world
 from lit_dqn.exploration import exponential_epsilon, linear_epsilon
 from lit_dqn.losses import td_errors, td_loss, td_targets
@@ -173,32 +172,27 @@ class DQN(L.LightningModule):
             actions = np.where(explore, actions, self.greedy_actions(obs))
         return actions, eps
 
-    def _after_collection(self, burst: ReplayBurst) -> None:
-        """Before each update: stop after it once ``max_episodes`` episodes ended.
+    def on_train_batch_start(self, batch: ReplayBatch, batch_idx: int) -> None:
+        """Record the episodes that ended while this batch was collected; on logging steps, log their
+        100-episode means; stop after this update once ``max_episodes`` episodes ended.
 
-        With several ranks, one small all-reduce shares the job's episode and env-step counts and
-        any stop request (Ctrl-C, SIGTERM, ``max_episodes``), so every rank stops after the same update.
+        With several ranks, one small all-reduce shares the job's episode and env-step counts and any
+        stop request (Ctrl-C, SIGTERM, ``max_episodes``), so every rank stops after the same update;
+        the episodes wait on this rank until a logging step, when every rank's are gathered and
+        recorded in rank order (one collective per logging step, not per episode).
         """
-        if self._world_size > 1:
-            self._sync_ranks(burst.episodes, burst.env_steps)
-        elif self.hparams.max_episodes is not None and burst.episodes >= self.hparams.max_episodes:
-            self.trainer.should_stop = True
-
-    def _after_burst(self, burst: ReplayBurst, batch_idx: int) -> None:
-        """Record the episodes that ended during the burst; on logging steps, log their 100-episode means.
-
-        With several ranks they wait on this rank until a logging step, when every rank's episodes
-        are gathered and recorded in rank order (one collective per logging step, not per episode).
-        """
-        if burst.finished:
-            returns, lengths = zip(*burst.finished, strict=True)
+        if batch.finished:
             if self._world_size == 1:
-                self._record_episodes(returns, lengths)
-                self.progress["episodes"] = burst.episodes
+                self._record_episodes(batch.finished)
+                self.progress["episodes"] = batch.episodes
             else:
-                self._pending_episodes.extend(burst.finished)
-            self.progress["return"], self.progress["duration"] = burst.finished[-1]
-        self.progress["eps"] = round(burst.epsilon, 3)
+                self._pending_episodes.extend(batch.finished)
+            self.progress["return"], self.progress["duration"] = batch.finished[-1]
+        self.progress["eps"] = round(batch.epsilon, 3)
+        if self._world_size > 1:
+            self._sync_ranks(batch.episodes, batch.env_steps)
+        elif self.hparams.max_episodes is not None and batch.episodes >= self.hparams.max_episodes:
+            self.trainer.should_stop = True  # Lightning ends the fit after this update
         if self._is_logging_step(batch_idx):
             self._gather_episodes()
             self._log_episode_means()
@@ -208,18 +202,17 @@ class DQN(L.LightningModule):
         if self._world_size == 1:
             return
         for pending in gather_objects(self._pending_episodes):
-            if pending:
-                self._record_episodes(*zip(*pending, strict=True))
+            self._record_episodes(pending)
         self._pending_episodes = []
 
-    def _record_episodes(self, returns: Sequence[float], lengths: Sequence[int]) -> None:
-        """Log each episode's return and duration at its episode index (the tutorial's x axis)."""
+    def _record_episodes(self, finished: Sequence[tuple[float, int]]) -> None:
+        """Log each episode's ``(return, length)`` at its episode index (the tutorial's x axis)."""
         first = len(self.episode_durations) + 1
-        for episode_return, length in zip(returns, lengths, strict=True):
+        for episode_return, length in finished:
             self.episode_returns.append(episode_return)
             self.episode_durations.append(length)
         for logger in self.loggers:
-            for episode, (episode_return, length) in enumerate(zip(returns, lengths, strict=True), start=first):
+            for episode, (episode_return, length) in enumerate(finished, start=first):
                 logger.log_metrics({"train/episode_return": episode_return, "train/episode_duration": length}, episode)
 
     def _log_episode_means(self) -> None:
@@ -248,45 +241,17 @@ class DQN(L.LightningModule):
         self.mean100.reset()
         return mean
 
-    def training_step(self, burst: ReplayBurst, batch_idx: int) -> Tensor:
-        """``burst.updates`` DQN updates (``data.updates_per_training_step``), each on a replay batch
-        drawn after the env took its next steps with the weights of the update before."""
-        update_priorities = burst.update_priorities
-        for transitions in burst:
-            self._after_collection(burst)
-            loss, q_values = self._update(transitions, update_priorities)
-            if self.trainer.should_stop:  # max_episodes, Ctrl-C or SIGTERM: stop after this update
-                break
-        self._after_burst(burst, batch_idx)
-        if self._is_logging_step(batch_idx):
-            self._check_loss_finite()
-            self.log_dict(
-                {
-                    "train/loss": loss.detach(),
-                    "train/q_mean": q_values.detach().mean(),
-                    "train/epsilon": burst.epsilon,
-                    "train/replay_size": float(burst.replay_size),
-                    "train/env_steps": float(burst.env_steps if self._world_size == 1 else self.job_env_steps),
-                    "train/episodes": float(burst.episodes if self._world_size == 1 else self.job_episodes),
-                    "step": float(self.global_step),  # x axis: the updates done (also names checkpoints)
-                },
-                batch_size=q_values.shape[0],
-            )
-        return loss.detach()
-
-    def _update(
-        self, transitions: Transitions, update_priorities: Callable[[Tensor, Tensor], None] | None
-    ) -> tuple[Tensor, Tensor]:
-        """One DQN update: TD targets from the target network, Huber loss, AdamW step, then the target
-        update θ′ ← τθ + (1−τ)θ′ every ``target_update_interval``-th update. Returns the loss and the
-        Q-values ``[B, n_actions]``."""
-        obs, actions, rewards, next_obs, terminated, steps, indices, weights = transitions
+    def training_step(self, batch: ReplayBatch, batch_idx: int) -> Tensor:
+        """One DQN update, the tutorial's ``optimize_model``: TD targets from the target network,
+        Huber loss, then zero_grad, backward, gradient clipping and the AdamW step. The target
+        network follows in ``on_train_batch_end``."""
+        obs, actions, rewards, next_obs, terminated, steps, indices, weights = batch.transitions
         hp = self.hparams
         q_values = self.policy_net(obs)  # [B, n_actions]
         with torch.no_grad():
             next_q_target = self.target_net(next_obs)  # [B, n_actions]
             next_q_online = self.policy_net(next_obs) if hp.double_dqn else None
-        targets = td_targets(rewards, next_q_target, terminated, hp.gamma, next_q_online, steps)
+        targets = td_targets(rewards, next_q_target, terminated, hp.gamma, next_q_online, steps)  # [B]
         loss = td_loss(q_values, actions, targets, weights)
         self._loss_finite.logical_and_(torch.isfinite(loss))  # read on logging steps and before saves
 
@@ -303,11 +268,31 @@ class DQN(L.LightningModule):
             if hp.grad_clip_value is not None:
                 self.clip_gradients(optimizer, hp.grad_clip_value, gradient_clip_algorithm="value")
             optimizer.step()  # Lightning's step: it counts global_step and calls on_before_optimizer_step
-        if update_priorities is not None:  # prioritized replay: the TD errors are the new priorities
-            update_priorities(indices, td_errors(q_values, actions, targets))
-        if self.global_step % hp.target_update_interval == 0:
-            soft_update(*self._soft_update_pairs, hp.tau)
-        return loss, q_values
+        if batch.update_priorities is not None:  # prioritized replay: the TD errors are the new priorities
+            batch.update_priorities(indices, td_errors(q_values, actions, targets))
+
+        if self._is_logging_step(batch_idx):
+            self._check_loss_finite()
+            self.log_dict(
+                {
+                    "train/loss": loss.detach(),
+                    "train/q_mean": q_values.detach().mean(),
+                    "train/epsilon": batch.epsilon,
+                    "train/replay_size": float(batch.replay_size),
+                    "train/env_steps": float(batch.env_steps if self._world_size == 1 else self.job_env_steps),
+                    "train/episodes": float(batch.episodes if self._world_size == 1 else self.job_episodes),
+                    "step": float(self.global_step),  # x axis: the updates done (also names checkpoints)
+                },
+                batch_size=q_values.shape[0],
+            )
+        return loss.detach()
+
+    def on_train_batch_end(self, outputs: Tensor, batch: ReplayBatch, batch_idx: int) -> None:
+        """The target update θ′ ← τθ + (1−τ)θ′ after every ``target_update_interval``-th optimizer step:
+        the tutorial's soft update every step with ``tau=0.005``, the Nature paper's hard copy every K
+        updates with ``tau=1``."""
+        if self.global_step % self.hparams.target_update_interval == 0:
+            soft_update(*self._soft_update_pairs, self.hparams.tau)
 
     def _check_loss_finite(self) -> None:
         """Stop if any TD loss since the last check was NaN or infinite.

@@ -46,7 +46,6 @@ class FitRun:
 # A short CPU run of the default config, shared by the tests that read what a fit leaves behind.
 SHORT_FIT = (
     "--trainer.accelerator=cpu",
-    "--data.updates_per_training_step=1",  # one update per training step: the intervals below count updates
     "--trainer.max_steps=600",
     "--trainer.val_check_interval=300",
     "--trainer.log_every_n_steps=50",
@@ -64,7 +63,7 @@ def fit_run(tmp_path_factory: pytest.TempPathFactory) -> FitRun:
 
 
 class StepRecorder(L.Callback):
-    """Per training step: the loss, and whether an episode ended while its batch was collected."""
+    """Per training step (one update each): the loss, and whether an episode ended while its batch was collected."""
 
     def __init__(self) -> None:
         self.losses: list[float] = []
@@ -83,9 +82,7 @@ def make_cli(root: Path, *overrides: str, config: Path = CONFIG) -> tuple[DQNCLI
     """``lit_dqn fit --config CONFIG OVERRIDES`` (default: configs/cartpole.yaml) on the CPU, in-process
     and not yet run, writing under ``root``, with a ``StepRecorder`` attached."""
     args = ["--config", str(config), "--trainer.accelerator=cpu", f"--trainer.default_root_dir={root}"]
-    # One update per training step, so the tests' max_steps, val_check_interval and log_every_n_steps
-    # all count updates; a test of the shipped configs' bursts passes their own value after this one.
-    args += ["--trainer.enable_model_summary=false", "--data.updates_per_training_step=1"]
+    args += ["--trainer.enable_model_summary=false"]
     with mock.patch.object(sys, "argv", ["lit_dqn"]):  # pytest's own arguments are not the CLI's
         cli = DQNCLI(DQN, GymDataModule, args=[*args, *overrides], run=False)
     recorder = StepRecorder()

@@ -1,5 +1,4 @@
 import io
-from collections.abc import Iterator
 
 import gymnasium as gym
 import numpy as np
@@ -8,7 +7,7 @@ import torch
 
 from lit_dqn import DQN, GymDataModule, ReplayBuffer
 from lit_dqn.buffer import Transitions
-from lit_dqn.data import ReplayBurst, ReplayDataset
+from lit_dqn.data import ReplayBatch, ReplayDataset
 from lit_dqn.rollout import EnvRunner, evaluate
 
 
@@ -21,64 +20,43 @@ def make_runner(num_envs: int = 1, capacity: int = 10_000, seed: int = 0, **env_
     return EnvRunner(envs, ReplayBuffer(capacity, (4,), seed=0), seed=seed)
 
 
-def draws(dataset: ReplayDataset) -> Iterator[tuple[ReplayBurst, Transitions]]:
-    """Each replay batch as the learner gets it, with the burst it came in."""
-    for burst in dataset:
-        for transitions in burst:
-            yield burst, transitions
-
-
 def test_dataset_steps_env_before_every_batch() -> None:
     runner = make_runner(num_envs=2)
-    batches = draws(ReplayDataset(runner, random_policy, batch_size=16, warmup_steps=64))
+    batches = iter(ReplayDataset(runner, random_policy, batch_size=16, warmup_steps=64))
     assert runner.env_steps == 0  # nothing is collected before the learner asks for a batch
-    burst, transitions = next(batches)
-    assert burst.env_steps >= 64 and len(runner.buffer) == burst.env_steps
-    assert transitions.obs.shape == (16, 4)
+    batch = next(batches)
+    assert batch.env_steps >= 64 and len(runner.buffer) == batch.env_steps
+    assert batch.transitions.obs.shape == (16, 4)
     for _ in range(5):
         before = runner.env_steps
-        burst, _ = next(batches)
+        batch = next(batches)
         # one vector step of 2 envs: 2 transitions, or 1 when a sub-env spent its step on a reset
-        assert 1 <= burst.env_steps - before <= 2
-        assert burst.replay_size == len(runner.buffer) == burst.env_steps
-
-
-@pytest.mark.parametrize("updates", [1, 3])
-def test_bursts_draw_each_batch_after_its_env_steps(updates: int) -> None:
-    """A burst of k batches steps the env between them exactly as k bursts of one would, and the
-    burst is capped at the updates the run has left."""
-    left = [10]
-    runner = make_runner(num_envs=2)
-    dataset = ReplayDataset(
-        runner, random_policy, batch_size=8, warmup_steps=16, updates_per_burst=updates, updates_left=lambda: left[0]
-    )
-    single = ReplayDataset(make_runner(num_envs=2), random_policy, batch_size=8, warmup_steps=16)
-    drawn = 0
-    for burst in dataset:
-        assert burst.updates == min(updates, left[0])
-        for transitions in burst:
-            reference = next(iter(next(iter(single))))
-            assert runner.env_steps == single.runner.env_steps
-            assert torch.equal(transitions.obs, reference.obs) and torch.equal(transitions.actions, reference.actions)
-            drawn += 1
-            left[0] -= 1
-        if left[0] == 0:
-            break
-    assert drawn == dataset.batches == 10
+        assert 1 <= batch.env_steps - before <= 2
+        assert batch.replay_size == len(runner.buffer) == batch.env_steps
 
 
 def test_episode_stats_reach_the_batches() -> None:
     runner = make_runner()
     dataset = ReplayDataset(runner, random_policy, batch_size=8, warmup_steps=8)
     lengths = []
-    for burst, _ in zip(dataset, range(400), strict=False):
-        assert burst.finished == []
-        list(burst)  # draw its batch
-        lengths += [length for _, length in burst.finished]
-        assert burst.episodes == len(lengths)
+    for batch, _ in zip(dataset, range(400), strict=False):
+        lengths += [length for _, length in batch.finished]
+        assert batch.episodes == len(lengths)
     assert len(lengths) > 5
     assert sum(lengths) <= runner.env_steps  # the episode in progress is not counted yet
     assert 8 <= np.mean(lengths) <= 60  # random CartPole play lasts ~22 steps
+
+
+def test_replay_batches_pass_through_the_dataloader_as_they_are() -> None:
+    """A ``ReplayBatch`` is not a tuple: torch's DataLoader (``batch_size=None``) would rebuild a
+    tuple field by field on every batch, and Lightning's device transfer would walk it."""
+    from torch.utils.data import DataLoader
+
+    dataset = ReplayDataset(make_runner(), random_policy, batch_size=8, warmup_steps=8)
+    loader_batch = next(iter(DataLoader(dataset, batch_size=None)))
+    assert isinstance(loader_batch, ReplayBatch) and isinstance(loader_batch.transitions, Transitions)
+    data = GymDataModule(batch_size=8, warmup_steps=8)
+    assert data.transfer_batch_to_device(loader_batch, torch.device("meta"), 0) is loader_batch
 
 
 def test_stored_transitions_chain_and_skip_autoreset_steps() -> None:
@@ -175,9 +153,9 @@ def test_replay_ratio_holds_in_transitions(num_envs: int, updates_per_step: floa
     """Before batch k the buffer got warmup + ceil((k + 1) * num_envs / updates_per_step) transitions."""
     runner = make_runner(num_envs=num_envs)
     dataset = ReplayDataset(runner, random_policy, batch_size=8, warmup_steps=32, updates_per_step=updates_per_step)
-    for k, (burst, _) in zip(range(300), draws(dataset), strict=False):
+    for k, batch in zip(range(300), dataset, strict=False):
         due = 32 + int(np.ceil((k + 1) * num_envs / updates_per_step))
-        assert due <= burst.env_steps < due + num_envs  # at most one vector step past what was due
+        assert due <= batch.env_steps < due + num_envs  # at most one vector step past what was due
     assert dataset.batches == 300
 
 
@@ -209,12 +187,9 @@ def _saved(state: dict) -> io.BytesIO:
     return buffer
 
 
-@pytest.mark.parametrize("burst", [1, 3])
-def test_each_batch_is_collected_with_the_latest_weights(burst: int, tmp_path) -> None:
+def test_each_batch_is_collected_with_the_latest_weights(tmp_path) -> None:
     """Lightning would prefetch one batch from an unsized stream, collecting it with the policy from
-    before the latest update; the replay stream is sized so that every batch follows the update, and
-    a burst draws each of its batches after the update before it. 20 updates take 7 bursts of 3: the
-    last one is cut to the 2 updates left."""
+    before the latest update; the replay stream is sized so that every batch follows the update."""
     import lightning as L
 
     class Check(L.Callback):
@@ -224,7 +199,7 @@ def test_each_batch_is_collected_with_the_latest_weights(burst: int, tmp_path) -
         def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
             self.updates_seen.append(trainer.datamodule.dataset.batches - 1 - trainer.global_step)
 
-    data = GymDataModule(batch_size=8, warmup_steps=16, eval_episodes=2, seed=0, updates_per_training_step=burst)
+    data = GymDataModule(batch_size=8, warmup_steps=16, eval_episodes=2, seed=0)
     check = Check()
     trainer = L.Trainer(
         max_steps=20,
@@ -239,4 +214,4 @@ def test_each_batch_is_collected_with_the_latest_weights(burst: int, tmp_path) -
     )
     trainer.fit(DQN(obs_dim=4, n_actions=2), datamodule=data)
     assert check.updates_seen == [0] * 20  # batch k was drawn just before update k, none ahead
-    assert trainer.global_step == 20 and trainer.fit_loop.epoch_loop.batch_progress.total.completed == -(-20 // burst)
+    assert trainer.global_step == 20 == trainer.fit_loop.epoch_loop.batch_progress.total.completed

@@ -34,7 +34,6 @@ DDP = (
     "--data.env_id=tests.ddp_env:Corridor-v0",
     f"--data.warmup_steps={WARMUP}",
     "--data.eval_episodes=9",  # split 5 + 4
-    "--data.updates_per_training_step=1",  # the intervals count updates
     "--trainer.val_check_interval=100",
     "--trainer.log_every_n_steps=50",
     "--trainer.enable_progress_bar=false",
@@ -161,22 +160,6 @@ def test_single_process_runs_are_unchanged() -> None:
     assert [episode_share(9, r, 2) for r in range(2)] == [(0, 5), (5, 4)]
     assert [episode_share(10, r, 3) for r in range(3)] == [(0, 4), (4, 3), (7, 3)]
     assert len({rank_seed(1234, r, 4) for r in range(4)}) == 4
-
-
-def test_bursts_learn_on_every_rank_what_single_updates_learn(whole: DDPRun, tmp_path: Path) -> None:
-    """Bursts of 8 updates per training step under DDP (one forward of the wrapped module, 8
-    backward passes, each all-reducing its gradients): every rank's losses, weights and counters
-    equal the run with one update per step, and ``max_episodes`` still stops both ranks after the
-    same update, inside a burst."""
-    burst = fit_ddp(tmp_path / "burst", "--trainer.max_steps=200", "--data.updates_per_training_step=8")
-    for rank in range(2):
-        assert burst.ranks[rank]["losses"] == whole.ranks[rank]["losses"][7::8]  # the last of each burst
-        for key, value in whole.ranks[rank]["state_dict"].items():
-            assert torch.equal(burst.ranks[rank]["state_dict"][key], value), key
-        assert burst.ranks[rank]["job"] == whole.ranks[rank]["job"]
-    stopped = fit_ddp(tmp_path / "stopped", "--data.updates_per_training_step=8", "--model.max_episodes=70")
-    assert [tuple(r["job"]) for r in stopped.ranks] == [(70, 700)] * 2  # after update 50, as with single updates
-    assert [len(r["losses"]) for r in stopped.ranks] == [7, 7]  # 6 bursts of 8, then 2 updates of the 7th
 
 
 def test_max_episodes_counts_the_job_and_stops_every_rank_at_the_same_step(tmp_path: Path) -> None:

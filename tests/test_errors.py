@@ -29,7 +29,7 @@ BAD_INPUTS = [
     (["--model.hidden_sizes=[-4]"], ["model.hidden_sizes=[-4]", "positive integer"]),
     (["--model.max_episodes=0"], ["model.max_episodes=0", ">= 1"]),
     (["--data.n_step=0"], ["data.n_step=0", ">= 1"]),
-    (["--data.updates_per_training_step=0"], ["data.updates_per_training_step=0", ">= 1"]),
+    (["--data.updates_per_training_step=20"], ["data.updates_per_training_step was removed", "count updates"]),
     (["--data.env_id=CartPol-v1"], ["data.env_id='CartPol-v1'", "did you mean 'CartPole-v1'"]),
     (["--data.env_id=Pendulum-v1"], ["data.env_id='Pendulum-v1'", "Box action space", "DQN needs Discrete actions"]),
     (

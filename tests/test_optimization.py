@@ -49,7 +49,7 @@ def test_plain_calls_learn_and_count_exactly_what_lightnings_wrappers_do(tmp_pat
             "--data.warmup_steps=300",
             "--model.grad_clip_value=0.01",
         ]
-        cli, _ = make_cli(root, *short, "--trainer.val_check_interval=100", "--data.updates_per_training_step=7")
+        cli, _ = make_cli(root, *short, "--trainer.val_check_interval=200")
         cli.trainer.callbacks.extend(callbacks)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         return cli.model, cli.trainer, losses

@@ -82,37 +82,6 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(switches: tuple[str,
     assert resumed_steps.counters == whole_steps.counters  # env steps, episodes, buffer size and position
 
 
-def test_a_stop_inside_a_burst_resumes_exactly(tmp_path: Path) -> None:
-    """With 20 updates per training step, a stop request (what Ctrl-C sets) during update n ends
-    the burst there: ``last.ckpt`` holds the state after update n, and resuming, again in bursts,
-    ends with the same weights, episodes and counters as one update per step without a stop."""
-    total = 700
-    whole, whole_steps = make_cli(tmp_path / "whole", f"--trainer.max_steps={total}")
-    whole.trainer.fit(whole.model, datamodule=whole.datamodule)
-    # between episodes (see above) and not at the end of a burst of 20
-    n = next(i + 1 for i in range(300, total) if whole_steps.episode_ended[i] and (i + 1) % 20)
-
-    class StopDuring(L.Callback):
-        def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-            if trainer.global_step == n - 1:  # during update n
-                trainer.should_stop = True
-
-    bursts = (f"--trainer.max_steps={total}", "--data.updates_per_training_step=20", "--trainer.val_check_interval=15")
-    first, _ = make_cli(tmp_path / "first", *bursts)
-    first.trainer.callbacks.append(StopDuring())
-    first.trainer.fit(first.model, datamodule=first.datamodule)
-    ckpt = tmp_path / "first/lightning_logs/version_0/checkpoints/last.ckpt"
-    assert torch.load(ckpt, weights_only=False)["global_step"] == n
-
-    resumed, resumed_steps = make_cli(tmp_path / "resumed", *bursts)
-    resumed.trainer.fit(resumed.model, datamodule=resumed.datamodule, ckpt_path=str(ckpt))
-    assert resumed.trainer.global_step == total
-    assert resumed.model.episode_durations == whole.model.episode_durations
-    for a, b in zip(resumed.model.state_dict().values(), whole.model.state_dict().values(), strict=True):
-        assert torch.equal(a, b)
-    assert resumed_steps.counters == whole_steps.counters
-
-
 @pytest.mark.parametrize("prioritized", [False, True], ids=["uniform", "prioritized"])
 def test_resume_without_saved_buffer_refills_it(prioritized: bool, tmp_path: Path) -> None:
     switches = ("--data.save_replay_buffer=false", f"--data.prioritized={str(prioritized).lower()}")

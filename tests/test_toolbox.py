@@ -129,7 +129,7 @@ class PrioritizedCheck(L.Callback):
         self.checked = self.weighted = 0
 
     def on_train_start(self, trainer, pl_module) -> None:
-        """Keep each batch the learner draws (it is drawn inside the training step)."""
+        """Keep each batch the learner draws (drawn when Lightning fetches it, before its update)."""
         buffer = trainer.datamodule.buffer
         sample = buffer.sample
 
