@@ -37,7 +37,8 @@ class ReplayBatch:
     """What one training step (one DQN update) receives: a replay batch, drawn after the env took its
     steps with the current weights, and what happened in those steps.
 
-    A dataclass, not a tuple: the DataLoader passes it through as it is instead of walking its fields.
+    Its tensors are sampled on the model's device, so ``GymDataModule.transfer_batch_to_device``
+    hands it on as it is.
     """
 
     transitions: Transitions
@@ -300,13 +301,14 @@ class GymDataModule(L.LightningDataModule):
             self._resume_state = None
         return dataset
 
-    def train_dataloader(self) -> DataLoader:
-        # The env and buffer live in this process and the policy must be the one being trained right
-        # now, so there are no worker processes (num_workers=0) and the dataset yields whole batches
-        # (batch_size=None: no collation).
+    def train_dataloader(self) -> ReplayDataset:
+        """The replay stream itself: Lightning iterates any iterable. A ``DataLoader`` would add
+        nothing here and cost a profiler record and three calls per batch: the env and buffer live in
+        this process and the policy must be the one being trained right now (no worker processes),
+        and the stream yields whole batches (no collation)."""
         if self.dataset is None:
             self.dataset = self._make_dataset()
-        return DataLoader(self.dataset, batch_size=None, num_workers=0)
+        return self.dataset
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         """Replay batches are sampled from a buffer that already lives on the model's device.

@@ -47,16 +47,16 @@ def test_episode_stats_reach_the_batches() -> None:
     assert 8 <= np.mean(lengths) <= 60  # random CartPole play lasts ~22 steps
 
 
-def test_replay_batches_pass_through_the_dataloader_as_they_are() -> None:
-    """A ``ReplayBatch`` is not a tuple: torch's DataLoader (``batch_size=None``) would rebuild a
-    tuple field by field on every batch, and Lightning's device transfer would walk it."""
-    from torch.utils.data import DataLoader
-
-    dataset = ReplayDataset(make_runner(), random_policy, batch_size=8, warmup_steps=8)
-    loader_batch = next(iter(DataLoader(dataset, batch_size=None)))
-    assert isinstance(loader_batch, ReplayBatch) and isinstance(loader_batch.transitions, Transitions)
+def test_replay_batches_reach_the_learner_as_they_are() -> None:
+    """The replay stream is the train dataloader itself (a DataLoader would add its layers to every
+    batch), and its batches skip Lightning's device transfer, which would walk and copy each one:
+    they are sampled on the model's device already."""
     data = GymDataModule(batch_size=8, warmup_steps=8)
-    assert data.transfer_batch_to_device(loader_batch, torch.device("meta"), 0) is loader_batch
+    data.dataset = ReplayDataset(make_runner(), random_policy, batch_size=8, warmup_steps=8)
+    assert data.train_dataloader() is data.dataset
+    batch = next(iter(data.dataset))
+    assert isinstance(batch, ReplayBatch) and isinstance(batch.transitions, Transitions)
+    assert data.transfer_batch_to_device(batch, torch.device("meta"), 0) is batch
 
 
 def test_stored_transitions_chain_and_skip_autoreset_steps() -> None:
