@@ -211,9 +211,8 @@ class DQN(L.LightningModule):
         for episode_return, length in finished:
             self.episode_returns.append(episode_return)
             self.episode_durations.append(length)
-        for logger in self.loggers:
-            for episode, (episode_return, length) in enumerate(finished, start=first):
-                logger.log_metrics({"train/episode_return": episode_return, "train/episode_duration": length}, episode)
+        for episode, (episode_return, length) in enumerate(finished, start=first):
+            self._write_to_loggers({"train/episode_return": episode_return, "train/episode_duration": length}, episode)
 
     def _log_episode_means(self) -> None:
         """Log the 100-episode means at the newest episode, if episodes ended since they were last logged.
@@ -229,11 +228,19 @@ class DQN(L.LightningModule):
             "train/episode_return_mean100": self._mean_of_last_100(self.episode_returns),
             "train/episode_duration_mean100": self._mean_of_last_100(self.episode_durations),
         }
-        for logger in self.loggers:
-            logger.log_metrics(means, step=last)
+        self._write_to_loggers(means, step=last)
         self.progress["return100"] = round(means["train/episode_return_mean100"], 1)
         self.progress["duration100"] = round(means["train/episode_duration_mean100"], 1)
         self._mean_logged_at = last
+
+    def _write_to_loggers(self, metrics: dict[str, float], step: int) -> None:
+        """Scalars that are already what they say (one update's loss, one episode's return), written
+        straight to the loggers at their own x axis. ``self.log`` would keep a result per key that
+        Lightning walks after every training step, logged or not: ~50 µs per update on a CPU, about
+        4% of a CartPole update (``benchmarks/README.md``). So ``train/*`` is in TensorBoard but not
+        in ``trainer.callback_metrics``; ``val/*`` and ``test/*`` go through ``self.log``."""
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=step)
 
     def _mean_of_last_100(self, values: Sequence[float]) -> float:
         self.mean100.update(torch.tensor(values[-100:], dtype=torch.float64))
@@ -273,17 +280,16 @@ class DQN(L.LightningModule):
 
         if self._is_logging_step(batch_idx):
             self._check_loss_finite()
-            self.log_dict(
+            self._write_to_loggers(
                 {
-                    "train/loss": loss.detach(),
-                    "train/q_mean": q_values.detach().mean(),
+                    "train/loss": loss.item(),
+                    "train/q_mean": q_values.detach().mean().item(),
                     "train/epsilon": batch.epsilon,
                     "train/replay_size": float(batch.replay_size),
                     "train/env_steps": float(batch.env_steps if self._world_size == 1 else self.job_env_steps),
                     "train/episodes": float(batch.episodes if self._world_size == 1 else self.job_episodes),
-                    "step": float(self.global_step),  # x axis: the updates done (also names checkpoints)
                 },
-                batch_size=q_values.shape[0],
+                step=self.global_step,  # x axis: the updates done
             )
         return loss.detach()
 
@@ -320,7 +326,7 @@ class DQN(L.LightningModule):
     def _is_logging_step(self, batch_idx: int) -> bool:
         """Log step values only every ``trainer.log_every_n_steps``-th batch, when Lightning writes
         logs (the replay stream is one endless epoch, so ``batch_idx`` counts every batch):
-        ``self.log`` and the 100-episode means cost more than an update."""
+        the logging and the 100-episode means cost more than an update."""
         every = self.trainer.log_every_n_steps
         return every > 0 and (batch_idx + 1) % every == 0
 
