@@ -9,6 +9,7 @@ from typing import Any, Literal
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import Tensor
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 from torchmetrics.aggregation import MeanMetric
@@ -293,7 +294,7 @@ class DQN(L.LightningModule):
             )
         return loss.detach()
 
-    def on_train_batch_end(self, outputs: Tensor, batch: ReplayBatch, batch_idx: int) -> None:
+    def on_train_batch_end(self, outputs: STEP_OUTPUT, batch: ReplayBatch, batch_idx: int) -> None:
         """The target update θ′ ← τθ + (1−τ)θ′ after every ``target_update_interval``-th optimizer step:
         the tutorial's soft update every step with ``tau=0.005``, the Nature paper's hard copy every K
         updates with ``tau=1``."""
