@@ -1,5 +1,6 @@
 """The ``python -m lit_dqn`` command line: Lightning's CLI over ``DQN`` and ``GymDataModule``."""
 
+import inspect
 import sys
 import warnings
 from pathlib import Path
@@ -47,6 +48,7 @@ class DQNCLI(LightningCLI):
         parser.link_arguments("data.obs_dim", "model.obs_dim", apply_on="instantiate")
         parser.link_arguments("data.n_actions", "model.n_actions", apply_on="instantiate")
         parser.link_arguments("data.obs_shape", "model.obs_shape", apply_on="instantiate")
+        parser.link_arguments("data.obs_layout", "model.obs_layout", apply_on="instantiate")
         parser.link_arguments("trainer.default_root_dir", "trainer.logger.init_args.save_dir", _root_or_cwd)
 
     def parse_arguments(self, parser, args) -> None:
@@ -79,6 +81,26 @@ class DQNCLI(LightningCLI):
         """
         if self.config.get("subcommand") != "fit":
             super()._parse_ckpt_path()
+            self._data_from_checkpoint()
+
+    def _data_from_checkpoint(self) -> None:
+        """``validate`` and ``test`` rebuild the data module the checkpoint was trained with: its env
+        spec (id, kwargs, wrappers, image layout) and evaluation seeds, so ``test --ckpt_path FILE``
+        needs no config. A ``data.*`` value given on the command line or in a config (one that
+        differs from the default) wins."""
+        _, checkpoint = self._checkpoint
+        saved = (checkpoint or {}).get("datamodule_hyper_parameters")
+        if not isinstance(saved, dict):
+            return
+        data = self.config[self.config.subcommand]["data"]
+        defaults = inspect.signature(GymDataModule).parameters
+        taken = []
+        for key, value in saved.items():
+            if key in defaults and key in data and data[key] == defaults[key].default and value != data[key]:
+                data[key] = value
+                taken.append(f"{key}={value!r}")
+        if taken:
+            print(f"data from the checkpoint: {', '.join(taken)}", file=sys.stderr)
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         config = (self.config_init[self.subcommand] if self.subcommand else self.config_init)["trainer"]

@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
+from lit_dqn.atari import is_atari
 from lit_dqn.buffer import ReplayBuffer, Transitions
 from lit_dqn.checks import (
     ConfigError,
@@ -26,7 +27,7 @@ from lit_dqn.checks import (
     check_positive,
 )
 from lit_dqn.distributed import episode_share, gather_to_rank_zero, rank_seed, world
-from lit_dqn.envs import env_spaces, is_atari, make_vec_env
+from lit_dqn.envs import EnvSpec, ImageLayout, WrapperSpec
 from lit_dqn.frames import FrameReplayBuffer, PrioritizedFrameReplayBuffer
 from lit_dqn.prioritized import PrioritizedReplayBuffer
 from lit_dqn.rollout import EnvRunner, ExplorationPolicy, GreedyPolicy, evaluate
@@ -132,8 +133,19 @@ class GymDataModule(L.LightningDataModule):
     """Gymnasium env, replay buffer and evaluation episodes for DQN.
 
     Args:
-        env_id: any registered Gymnasium env with ``Discrete`` actions and a flat ``Box`` observation,
-            or an image one (uint8 or bool, e.g. ``MinAtar/Breakout-v1`` with the minatar extra).
+        env_id: any registered Gymnasium env with ``Discrete`` actions and a flat ``Box`` or a
+            ``Discrete`` observation (one-hot encoded), or an image one (uint8 or bool, e.g.
+            ``MinAtar/Breakout-v1`` with the minatar extra). A user's own env as ``module:id``:
+            Gymnasium imports ``module``, which registers ``id`` (``examples/`` shows one).
+        env_kwargs: keyword arguments of ``gym.make(env_id, ...)``, for every env lit_dqn makes
+            (training, evaluation, videos).
+        wrappers: Gymnasium wrappers by class path with their ``init_args``, applied in order around
+            every env lit_dqn makes (after Atari's preprocessing), e.g. ``gymnasium.wrappers.FlattenObservation``
+            for a Dict observation.
+        image_layout: where an image observation's channels are, ``channels_first`` (C, H, W) or
+            ``channels_last`` (H, W, C); ``None`` takes the env family's (MinAtar: last; Atari's
+            stacked frames: first). An image env of another family must set it: a shape such as
+            MinAtar Seaquest's (10, 10, 10) cannot tell.
         num_envs: sub-envs stepped together (each vector step adds ``num_envs`` transitions).
         batch_size: transitions per sampled batch.
         buffer_capacity: replay buffer size; the oldest transitions are overwritten.
@@ -168,6 +180,9 @@ class GymDataModule(L.LightningDataModule):
     def __init__(
         self,
         env_id: str = "CartPole-v1",
+        env_kwargs: dict[str, Any] | None = None,
+        wrappers: list[WrapperSpec] | None = None,
+        image_layout: ImageLayout | None = None,
         num_envs: int = 1,
         batch_size: int = 128,
         buffer_capacity: int = 10_000,
@@ -201,7 +216,10 @@ class GymDataModule(L.LightningDataModule):
         check_interval("data.priority_beta", priority_beta, 0, 1)
         check_positive("data.priority_eps", priority_eps)
         self.save_hyperparameters()
-        self.observation_space, self.action_space = env_spaces(env_id)
+        self.env_spec = EnvSpec(env_id, dict(env_kwargs or {}), tuple(wrappers or ()), image_layout)
+        self.observation_space, self._n_actions, self.obs_layout = self.env_spec.check()
+        if vectorization_mode == "vector_entry_point":  # refused now, if it will be, rather than when training starts
+            self.env_spec.make_vec(1, vectorization_mode=vectorization_mode).close()
         if is_atari(env_id):  # the frame ring keeps a few episode starts' worth of slots per env
             slots = 4 * num_envs * (self.observation_space.shape[0] + 1)
             check_at_least("data.buffer_capacity", buffer_capacity, "4 * data.num_envs * (frames per stack + 1)", slots)
@@ -225,14 +243,16 @@ class GymDataModule(L.LightningDataModule):
 
     @property
     def obs_dtype(self) -> torch.dtype:
-        """How replay stores observations: frames as the env gives them (uint8 or bool), else float32."""
-        dtype = self.observation_space.dtype
-        return {np.dtype(np.uint8): torch.uint8, np.dtype(np.bool_): torch.bool}.get(dtype, torch.float32)
+        """How replay stores observations: image frames as the env gives them (uint8 or bool), anything
+        else as float32, the MLP's input (a flat uint8 or one-hot int64 observation included)."""
+        if self.obs_layout is None:
+            return torch.float32
+        return {np.dtype(np.uint8): torch.uint8, np.dtype(np.bool_): torch.bool}[self.observation_space.dtype]
 
     @property
     def n_actions(self) -> int:
         """Number of discrete actions: the Q-network's output size."""
-        return int(self.action_space.n)
+        return self._n_actions
 
     def env_steps_at(self, updates: int) -> int:
         """Transitions collected by the time update ``updates`` is sampled (``ReplayDataset``'s schedule)."""
@@ -276,7 +296,7 @@ class GymDataModule(L.LightningDataModule):
             self.buffer = (FrameReplayBuffer if frames else ReplayBuffer)(
                 hp.buffer_capacity, shape, num_envs=hp.num_envs, **kwargs
             )
-        envs = make_vec_env(hp.env_id, hp.num_envs, training=True, vectorization_mode=hp.vectorization_mode)
+        envs = self.env_spec.make_vec(hp.num_envs, training=True, vectorization_mode=hp.vectorization_mode)
         self.runner = EnvRunner(envs, self.buffer, seed=int(runner_seed.generate_state(1)[0]))
         saved = "saved in every checkpoint" if hp.save_replay_buffer else "not saved in checkpoints"
         kind = ("Prioritized replay" if hp.prioritized else "Replay") + (" frame ring" if frames else " buffer")
@@ -332,7 +352,7 @@ class GymDataModule(L.LightningDataModule):
             )
         if stage not in self._eval_envs:
             # ``vectorization_mode=None`` picks the env's batched implementation when it has one.
-            self._eval_envs[stage] = make_vec_env(self.hparams.env_id, count)
+            self._eval_envs[stage] = self.env_spec.make_vec(count)
         dataset = EvaluationDataset(self._eval_envs[stage], self.trainer.lightning_module.greedy_actions, seed + offset)
         return DataLoader(dataset, batch_size=None, num_workers=0)
 

@@ -1,21 +1,43 @@
-"""Which Gymnasium envs lit_dqn can train on, how it makes them, and the one-line errors for those it cannot make."""
+"""The env spec: which Gymnasium env lit_dqn trains on and how every copy of it is made, checked once.
+
+Training, validation, test, videos and ``record`` all build their envs from one ``EnvSpec`` (the
+data module's ``env_id``, ``env_kwargs``, ``wrappers`` and ``image_layout``), and checkpoints carry
+it, so an agent is always scored and filmed on the env it learned.
+"""
 
 import difflib
 import functools
-from typing import Any
+import importlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, NotRequired, TypedDict
 
 import gymnasium as gym
 import numpy as np
-from gymnasium.wrappers import AtariPreprocessing, ClipReward, FrameStackObservation
+from gymnasium.vector import AutoresetMode
+from gymnasium.wrappers import FlattenObservation
 
+from lit_dqn.atari import atari_pipeline, is_atari
 from lit_dqn.checks import ConfigError
-
-ATARI_FRAME_SKIP = 4  # env steps are 4 emulator frames, the max of the last two kept (Nature DQN)
-ATARI_FRAME_STACK = 4  # an observation is the last 4 of those 84x84 grayscale frames
+from lit_dqn.networks import ImageLayout
 
 # The optional extra (``pip install "lit-dqn[EXTRA]"``) that brings the simulator of an env family,
 # keyed by a piece of the env's entry point (or its namespace) that names the family.
 EXTRAS = {"box2d": "box2d", "ale_py": "atari", "ALE": "atari", "minatar": "minatar", "MinAtar": "minatar"}
+
+# Where the channels of an env family's image observations are: MinAtar's games give (10, 10, C)
+# grids; Atari's frames are stacked first, (4, 84, 84). Other image envs say so in data.image_layout.
+FAMILY_LAYOUTS: dict[str, ImageLayout] = {"MinAtar/": "channels_last", "ALE/": "channels_first"}
+
+ENV_SPEC_KEYS = ("env_id", "env_kwargs", "wrappers", "image_layout")  # the data module's keys that make an EnvSpec
+
+
+class WrapperSpec(TypedDict):
+    """A Gymnasium wrapper by class path, as LightningCLI names classes: built as
+    ``class_path(env, **init_args)`` around the env."""
+
+    class_path: str  # e.g. gymnasium.wrappers.FlattenObservation, or mypkg.wrappers.MyWrapper
+    init_args: NotRequired[dict[str, Any]]  # keyword arguments after the env
 
 
 def register_family(env_id: str) -> None:
@@ -34,114 +56,7 @@ def register_family(env_id: str) -> None:
 
             gym.register_envs(ale_py)
     except ImportError:
-        return  # env_spaces then names the extra
-
-
-def is_atari(env_id: str) -> bool:
-    return env_id.startswith("ALE/")
-
-
-class EpisodicLife(gym.Wrapper):
-    """Ends the learner's episode when a life is lost, but not the game: the next reset plays on.
-
-    This is Nature DQN's training rule (Stable-Baselines3's ``EpisodicLifeEnv``). Gymnasium's
-    ``AtariPreprocessing(terminal_on_life_loss=True)`` restarts the whole game at each life lost, so
-    an agent would only ever see its first life; Gymnasium has no wrapper that continues the game.
-    """
-
-    def __init__(self, env: gym.Env) -> None:
-        super().__init__(env)
-        self.lives = 0
-        self.game_over = True
-
-    def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        self.game_over = terminated or truncated
-        lives = self.env.unwrapped.ale.lives()
-        if 0 < lives < self.lives:
-            terminated = True
-        self.lives = lives
-        return obs, reward, terminated, truncated, info
-
-    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
-        if self.game_over:
-            obs, info = self.env.reset(**kwargs)
-        else:  # a life was lost: one no-op step and the game goes on with the next
-            obs, _, terminated, truncated, info = self.env.step(0)
-            if terminated or truncated:
-                obs, info = self.env.reset(**kwargs)
-        self.lives = self.env.unwrapped.ale.lives()
-        return obs, info
-
-
-class EmulatorState(gym.Wrapper):
-    """An Atari env's state between episodes, for exact resume (``EnvRunner.state_dict``).
-
-    ``emulator_state`` is the emulator's whole state as bytes, its random generator included (sticky
-    actions draw from it, and ``np_random`` does not cover it), with the life bookkeeping of the
-    wrappers inside this one: after a lost life, ``EpisodicLife`` continues the same game.
-    """
-
-    FLAGS = ("game_over", "lives")
-
-    @property
-    def emulator_state(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"ale": self.env.unwrapped.clone_state(include_rng=True).__getstate__()}
-        for name in self.FLAGS:
-            if self.env.has_wrapper_attr(name):
-                state[name] = int(self.env.get_wrapper_attr(name))
-        return state
-
-    @emulator_state.setter
-    def emulator_state(self, state: dict[str, Any]) -> None:
-        import ale_py
-
-        restored = ale_py.ALEState.__new__(ale_py.ALEState)
-        restored.__setstate__(state["ale"])
-        self.env.unwrapped.restore_state(restored)
-        for name in self.FLAGS:
-            if name in state:
-                self.env.set_wrapper_attr(name, type(self.env.get_wrapper_attr(name))(state[name]))
-
-
-def make_env(env_id: str, *, training: bool = False, **kwargs: Any) -> gym.Env:
-    """One env as lit_dqn sees it; ``kwargs`` (e.g. ``render_mode``) go to ``gym.make``.
-
-    Atari games get the Nature DQN pipeline from Gymnasium's wrappers: ``frameskip=1`` in the
-    emulator, then ``AtariPreprocessing`` (4 frames per step with max-pooling, 84x84 grayscale, up
-    to 30 no-op starts) and ``FrameStackObservation(4)``. For ``training`` only, a lost life ends the
-    episode (``EpisodicLife``) and rewards are clipped to [-1, 1]; evaluation plays whole games and
-    reports the raw score. v5's sticky actions (repeat probability 0.25) stay on.
-    """
-    register_family(env_id)
-    if not is_atari(env_id):
-        return gym.make(env_id, **kwargs)
-    env = gym.make(env_id, frameskip=1, **kwargs)
-    env = AtariPreprocessing(env, noop_max=30, frame_skip=ATARI_FRAME_SKIP, screen_size=84, grayscale_obs=True)
-    if training:
-        env = ClipReward(EpisodicLife(env), -1.0, 1.0)
-    env = FrameStackObservation(EmulatorState(env), ATARI_FRAME_STACK)
-    # A video shows one frame per env step; the console draws 60 frames/s, so real time is 60 / 4.
-    env.metadata = {**env.metadata, "render_fps": 60 / ATARI_FRAME_SKIP}
-    return env
-
-
-def make_vec_env(
-    env_id: str, num_envs: int, *, training: bool = False, vectorization_mode: str | None = None
-) -> gym.vector.VectorEnv:
-    """``num_envs`` copies of ``make_env`` in a vector env. ``vectorization_mode=None`` takes the env's
-    own batched implementation where it has one (CartPole's), else steps copies in this process."""
-    if not is_atari(env_id):
-        return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=vectorization_mode)
-    if vectorization_mode == "vector_entry_point":
-        raise ConfigError(
-            f"data.vectorization_mode='vector_entry_point' is not available for {env_id}: its preprocessing "
-            "comes from Gymnasium's wrappers; use 'sync' or 'async'"
-        )
-    factory = functools.partial(make_env, env_id, training=training)
-    if vectorization_mode == "async":
-        return gym.vector.AsyncVectorEnv([factory] * num_envs)
-    return gym.vector.SyncVectorEnv([factory] * num_envs)
+        return  # EnvSpec.check then names the extra
 
 
 def missing_extra(env_id: str) -> str | None:
@@ -152,35 +67,248 @@ def missing_extra(env_id: str) -> str | None:
     return next((extra for key, extra in EXTRAS.items() if key in entry_point or key == namespace), None)
 
 
-def env_spaces(env_id: str) -> tuple[gym.spaces.Box, gym.spaces.Discrete]:
-    """Read an env's spaces and check DQN can use them, failing early with a clear message."""
-    try:
-        env = make_env(env_id)
-    except gym.error.Error as error:
-        extra = missing_extra(env_id)
+class ZeroBasedActions(gym.ActionWrapper):
+    """``Discrete(n, start=s)`` actions as ``0..n-1``, the Q-network's output indices: action ``a``
+    reaches the env as ``a + s``."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.start = int(env.action_space.start)
+        self.action_space = gym.spaces.Discrete(int(env.action_space.n))
+
+    def action(self, action: Any) -> Any:
+        return action + self.start
+
+
+def adapt_spaces(env: gym.Env) -> gym.Env:
+    """What a Q-network needs of any env it accepts: a Discrete observation one-hot encoded (Gymnasium's
+    ``FlattenObservation``), Discrete actions counted from 0. An env that needs neither is returned as it is."""
+    if isinstance(env.observation_space, gym.spaces.Discrete):
+        env = FlattenObservation(env)
+    if isinstance(env.action_space, gym.spaces.Discrete) and env.action_space.start != 0:
+        env = ZeroBasedActions(env)
+    return env
+
+
+def _needs_adapting(observation_space: gym.Space, action_space: gym.Space) -> bool:
+    discrete_actions = isinstance(action_space, gym.spaces.Discrete)
+    return isinstance(observation_space, gym.spaces.Discrete) or (discrete_actions and action_space.start != 0)
+
+
+class CheckedSpaces(NamedTuple):
+    """An env's spaces as lit_dqn's networks and replay see them (after ``adapt_spaces``)."""
+
+    observation_space: gym.spaces.Box  # flat (obs_dim,) or an image's three dimensions
+    n_actions: int
+    image_layout: ImageLayout | None  # None for a flat observation
+
+
+def _import_class(path: str) -> Any:
+    module_name, _, name = path.rpartition(".")
+    if not module_name:
+        raise ImportError(f"{path!r} is not a dotted path such as gymnasium.wrappers.FlattenObservation")
+    return getattr(importlib.import_module(module_name), name)
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """Everything that decides which env an agent sees.
+
+    Args:
+        env_id: a registered Gymnasium id, or ``module:id`` (Gymnasium imports ``module`` first, which
+            registers the env: how a user's own env is named without lit_dqn importing it).
+        env_kwargs: keyword arguments for ``gym.make`` (the env's own options).
+        wrappers: Gymnasium wrappers applied in order around each env, after Atari's preprocessing.
+        image_layout: where an image observation's channels are; ``None`` takes the env family's
+            (``FAMILY_LAYOUTS``), and an image env of no known family must say.
+    """
+
+    env_id: str
+    env_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    wrappers: Sequence[WrapperSpec] = ()
+    image_layout: ImageLayout | None = None
+
+    @classmethod
+    def from_hparams(cls, hparams: Mapping[str, Any]) -> "EnvSpec":
+        """The spec in a data module's hyperparameters (``GymDataModule.hparams``, or a checkpoint's
+        ``datamodule_hyper_parameters``); keys a checkpoint of an older version lacks take their defaults."""
+        return cls(
+            env_id=hparams["env_id"],
+            env_kwargs=dict(hparams.get("env_kwargs") or {}),
+            wrappers=tuple(hparams.get("wrappers") or ()),
+            image_layout=hparams.get("image_layout"),
+        )
+
+    def _wrapper_factories(self) -> list[Callable[[gym.Env], gym.Env]]:
+        """The user's wrappers as ``env -> wrapped env`` callables; an import error is one line."""
+        factories = []
+        for i, wrapper in enumerate(self.wrappers):
+            try:
+                cls = _import_class(wrapper["class_path"])
+            except (ImportError, AttributeError) as error:
+                raise ConfigError(
+                    f"data.wrappers[{i}].class_path={wrapper['class_path']!r} cannot be imported: {error}"
+                ) from None
+            factories.append(functools.partial(_wrap, i, cls, dict(wrapper.get("init_args") or {})))
+        return factories
+
+    def _make_raw(self, *, training: bool, **make_kwargs: Any) -> gym.Env:
+        """The env as the user's spec describes it: made, Atari's pipeline, then the user's wrappers."""
+        register_family(self.env_id)
+        kwargs = {**self.env_kwargs, **make_kwargs}
+        if is_atari(self.env_id):
+            env = atari_pipeline(gym.make(self.env_id, **{"frameskip": 1, **kwargs}), training=training)
+        else:
+            env = gym.make(self.env_id, **kwargs)
+        for factory in self._wrapper_factories():
+            env = factory(env)
+        return env
+
+    def make(self, *, training: bool = False, **make_kwargs: Any) -> gym.Env:
+        """One env as lit_dqn sees it; ``make_kwargs`` (e.g. ``render_mode``) go to ``gym.make``.
+
+        Atari games get the Nature DQN pipeline (``lit_dqn.atari``), whose lost lives end episodes
+        and whose rewards are clipped in ``training`` only. Then come the spec's wrappers, then
+        ``adapt_spaces``.
+        """
+        return adapt_spaces(self._make_raw(training=training, **make_kwargs))
+
+    @functools.cached_property
+    def _raw_spaces(self) -> tuple[gym.Space, gym.Space]:
+        """Observation and action spaces of one env made from the spec, before ``adapt_spaces``; the
+        errors of making it become one line naming the key to fix."""
+        try:
+            env = self._make_raw(training=False)
+        except ConfigError:
+            raise
+        except ModuleNotFoundError as error:
+            raise ConfigError(f"data.env_id={self.env_id!r}: {str(error).splitlines()[0]}") from None
+        except gym.error.Error as error:
+            raise ConfigError(self._cannot_make(error)) from None
+        except TypeError as error:
+            given = f"data.env_kwargs={dict(self.env_kwargs)!r}" if self.env_kwargs else f"data.env_id={self.env_id!r}"
+            raise ConfigError(f"{given} cannot make the env: {str(error).splitlines()[0]}") from None
+        spaces = env.observation_space, env.action_space
+        env.close()
+        return spaces
+
+    def _cannot_make(self, error: gym.error.Error) -> str:
+        extra = missing_extra(self.env_id)
         if extra is not None and isinstance(error, gym.error.DependencyNotInstalled | gym.error.NamespaceNotFound):
-            raise ConfigError(
-                f'data.env_id={env_id!r} needs the {extra} extra: pip install "lit-dqn[{extra}]"'
-            ) from None
-        close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.6)
+            return f'data.env_id={self.env_id!r} needs the {extra} extra: pip install "lit-dqn[{extra}]"'
+        close = difflib.get_close_matches(self.env_id, list(gym.registry), n=3, cutoff=0.6)
         hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        raise ConfigError(f"data.env_id={env_id!r} cannot be made: {error}{hint}") from None
-    observation_space, action_space = env.observation_space, env.action_space
-    env.close()
-    if not isinstance(action_space, gym.spaces.Discrete):
-        raise ConfigError(
-            f"data.env_id={env_id!r} has a {type(action_space).__name__} action space; "
-            "DQN needs Discrete actions (e.g. CartPole-v1, Acrobot-v1, MountainCar-v0, LunarLander-v3)"
+        return f"data.env_id={self.env_id!r} cannot be made: {str(error).splitlines()[0]}{hint}"
+
+    def check(self) -> CheckedSpaces:
+        """Make one env and check DQN can learn it, failing early with one line that says what to change."""
+        if ":" in self.env_id:  # Gymnasium imports the module itself, but shows only a missing module well
+            module = self.env_id.split(":", 1)[0]
+            try:
+                importlib.import_module(module)
+            except Exception as error:  # the user's module: whatever it raises, one line naming it
+                raise ConfigError(
+                    f"data.env_id={self.env_id!r}: importing its module {module!r} failed: "
+                    f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+                ) from None
+        raw_observation_space, raw_action_space = self._raw_spaces
+        if not isinstance(raw_action_space, gym.spaces.Discrete):
+            raise ConfigError(
+                f"data.env_id={self.env_id!r} has a {type(raw_action_space).__name__} action space; "
+                "DQN needs Discrete actions (e.g. CartPole-v1, Acrobot-v1, MountainCar-v0, LunarLander-v3)"
+            )
+        observation_space = (
+            gym.spaces.flatten_space(raw_observation_space)
+            if isinstance(raw_observation_space, gym.spaces.Discrete)
+            else raw_observation_space
         )
-    flat = isinstance(observation_space, gym.spaces.Box) and len(observation_space.shape) == 1
-    image = (
-        isinstance(observation_space, gym.spaces.Box)
-        and len(observation_space.shape) == 3
-        and observation_space.dtype in (np.uint8, np.bool_)
-    )
-    if not (flat or image):
-        raise ConfigError(
-            f"data.env_id={env_id!r} has observation space {observation_space}; the Q-network takes a "
-            "flat Box (obs_dim,) or an image Box of uint8 or bool, (C, H, W) or (H, W, C)"
+        shape = getattr(observation_space, "shape", None)
+        flat = isinstance(observation_space, gym.spaces.Box) and len(shape) == 1
+        image = (
+            isinstance(observation_space, gym.spaces.Box)
+            and len(shape) == 3
+            and observation_space.dtype in (np.uint8, np.bool_)
         )
-    return observation_space, action_space
+        if not (flat or image):
+            flatten = "{class_path: gymnasium.wrappers.FlattenObservation}"
+            raise ConfigError(
+                f"data.env_id={self.env_id!r} has observation space {raw_observation_space}; the Q-network takes "
+                "a flat Box (obs_dim,) or an image Box of uint8 or bool: add the wrapper that flattens it, "
+                f"data.wrappers: [{flatten}] (last in the list)"
+            )
+        if flat and self.image_layout is not None:
+            raise ConfigError(
+                f"data.image_layout={self.image_layout!r} is for image observations; {self.env_id}'s are flat "
+                f"{tuple(shape)}: leave it null"
+            )
+        return CheckedSpaces(observation_space, int(raw_action_space.n), self._layout(shape) if image else None)
+
+    def _layout(self, shape: tuple[int, ...]) -> ImageLayout:
+        if self.image_layout is not None:
+            return self.image_layout
+        family = next((layout for prefix, layout in FAMILY_LAYOUTS.items() if self.env_id.startswith(prefix)), None)
+        if family is None:
+            raise ConfigError(
+                f"data.env_id={self.env_id!r} gives images of shape {tuple(shape)}, and its channel axis cannot "
+                "be told from the shape: set data.image_layout to channels_first (C, H, W) or channels_last (H, W, C)"
+            )
+        return family
+
+    def make_vec(
+        self, num_envs: int, *, training: bool = False, vectorization_mode: str | None = None
+    ) -> gym.vector.VectorEnv:
+        """``num_envs`` copies of ``make`` in a vector env that resets a sub-env on its next step
+        (``AutoresetMode.NEXT_STEP``, what ``EnvRunner`` expects). ``vectorization_mode=None`` takes
+        the env's own batched implementation where it has one (CartPole's) and the spec needs no
+        wrapper, else steps copies in this process."""
+        wrappers = self._wrapper_factories()
+        if _needs_adapting(*self._raw_spaces):
+            wrappers.append(adapt_spaces)
+        own_loop = is_atari(self.env_id) or bool(wrappers)
+        automatic = vectorization_mode is None
+        if automatic:
+            batched = gym.spec(self.env_id.rpartition(":")[2]).vector_entry_point is not None  # "module:" imported
+            vectorization_mode = "vector_entry_point" if batched and not own_loop else "sync"
+        if vectorization_mode == "vector_entry_point" and own_loop:
+            why = "its preprocessing comes from Gymnasium's wrappers" if is_atari(self.env_id) else "it has wrappers"
+            raise ConfigError(
+                f"data.vectorization_mode='vector_entry_point' is not available for {self.env_id}: {why}; "
+                "use 'sync' or 'async'"
+            )
+        if is_atari(self.env_id):
+            factory = functools.partial(self.make, training=training)
+            vector = gym.vector.AsyncVectorEnv if vectorization_mode == "async" else gym.vector.SyncVectorEnv
+            envs = vector([factory] * num_envs)
+        else:
+            envs = gym.make_vec(
+                self.env_id,
+                num_envs=num_envs,
+                vectorization_mode=vectorization_mode,
+                wrappers=wrappers or None,
+                **self.env_kwargs,
+            )
+        mode = envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
+        if mode != AutoresetMode.NEXT_STEP and automatic:  # its batched implementation will not do: copies will
+            envs.close()
+            return self.make_vec(num_envs, training=training, vectorization_mode="sync")
+        if mode != AutoresetMode.NEXT_STEP:
+            envs.close()
+            mode = getattr(mode, "value", mode)
+            raise ConfigError(
+                f"data.env_id={self.env_id!r} makes vector envs that autoreset in mode {mode!r}; "
+                f"lit_dqn's replay reads Gymnasium's default, {AutoresetMode.NEXT_STEP.value!r} (a finished sub-env "
+                "resets on its next step): use data.vectorization_mode sync or async"
+            )
+        return envs
+
+
+def _wrap(index: int, cls: type, init_args: dict[str, Any], env: gym.Env) -> gym.Env:
+    """``cls(env, **init_args)``; bad init args are one line naming the wrapper."""
+    try:
+        return cls(env, **init_args)
+    except (TypeError, ValueError, AssertionError, gym.error.Error) as error:
+        name = f"{cls.__module__}.{cls.__qualname__}"
+        message = str(error).splitlines()[0] if str(error) else ""
+        raise ConfigError(
+            f"data.wrappers[{index}] ({name}) cannot wrap the env: {type(error).__name__}: {message}"
+        ) from None

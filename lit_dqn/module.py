@@ -24,9 +24,10 @@ from lit_dqn.checks import (
 )
 from lit_dqn.data import ReplayBatch
 from lit_dqn.distributed import gather_objects, sum_over_ranks, world
+from lit_dqn.envs import EnvSpec
 from lit_dqn.exploration import exponential_epsilon, linear_epsilon
 from lit_dqn.losses import td_errors, td_loss, td_targets
-from lit_dqn.networks import DuelingQNetwork, QNetwork, soft_update
+from lit_dqn.networks import DuelingQNetwork, ImageLayout, QNetwork, is_image, soft_update
 from lit_dqn.optimization import StepCounter, plain_calls_are_exact
 
 
@@ -67,6 +68,9 @@ class DQN(L.LightningModule):
         obs_shape: the observation's shape, linked from ``data.obs_shape`` by the CLI: an image's
             three dimensions put a CNN before the MLP (``networks.ImageEncoder``); ``None`` or
             ``[obs_dim]`` is the flat MLP.
+        obs_layout: where an image observation's channels are, linked from ``data.obs_layout`` by
+            the CLI (the env spec decides it, ``data.image_layout`` overrides): ``channels_first`` or
+            ``channels_last``; ``None`` for a flat observation.
     """
 
     def __init__(
@@ -88,6 +92,7 @@ class DQN(L.LightningModule):
         dueling: bool = False,
         max_episodes: int | None = None,
         obs_shape: Sequence[int] | None = None,
+        obs_layout: ImageLayout | None = None,
     ) -> None:
         super().__init__()
         check_sizes("model.hidden_sizes", hidden_sizes)
@@ -110,8 +115,13 @@ class DQN(L.LightningModule):
         self.automatic_optimization = False
         if dueling and not hidden_sizes:
             raise ConfigError("model.dueling=true needs at least one layer in model.hidden_sizes to share")
+        if obs_shape is not None and is_image(obs_shape) and obs_layout is None:
+            raise ConfigError(
+                f"model.obs_layout must say where the channels of image observations {tuple(obs_shape)} are: "
+                "channels_first or channels_last (the CLI links it from the env)"
+            )
         network = DuelingQNetwork if dueling else QNetwork
-        self.policy_net = network(obs_dim, n_actions, hidden_sizes, obs_shape=obs_shape)
+        self.policy_net = network(obs_dim, n_actions, hidden_sizes, obs_shape=obs_shape, image_layout=obs_layout)
         self.target_net = copy.deepcopy(self.policy_net).requires_grad_(False)
         self.mean100 = MeanMetric()  # averages the last 100 episodes' returns or durations when they are logged
         self.episode_durations: list[int] = []
@@ -124,6 +134,8 @@ class DQN(L.LightningModule):
         self._world_size = 1  # processes training together (DDP ranks), from on_train_start
         self._count_step: StepCounter | None = None  # set when plain torch calls are exact, from on_train_start
         self.progress: dict[str, float] = {}  # shown by lit_dqn.callbacks.EpisodeProgressBar
+        # The env a loaded checkpoint was trained on (``DQN.load_from_checkpoint(path).env_spec.make()``).
+        self.env_spec: EnvSpec | None = None
         # Several ranks (DDP): this rank's episodes not yet gathered, and the job's totals over all
         # ranks, agreed every step (see _sync_ranks).
         self._pending_episodes: list[tuple[float, int]] = []
@@ -418,6 +430,10 @@ class DQN(L.LightningModule):
         checkpoint["episode_returns"] = list(self.episode_returns)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the episode history, and the env spec the checkpoint's data module was made with."""
+        data = checkpoint.get("datamodule_hyper_parameters")
+        if isinstance(data, dict) and "env_id" in data:
+            self.env_spec = EnvSpec.from_hparams(data)
         self.episode_durations = list(checkpoint.get("episode_durations", []))
         # Checkpoints written before returns were kept: the durations stand in (exact on CartPole, +1 a step).
         self.episode_returns = list(checkpoint.get("episode_returns", map(float, self.episode_durations)))

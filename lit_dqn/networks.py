@@ -1,10 +1,12 @@
 """The Q-network: observation to one Q-value per discrete action, plain or dueling.
 
 A flat observation goes straight into an MLP; an image first through a CNN (``ImageEncoder``),
-chosen from the observation's shape, so no flag selects it.
+chosen from the observation's shape, so no flag selects it. Where an image keeps its channels
+is the env's to say (``lit_dqn.envs.EnvSpec``), never guessed from the shape.
 """
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -15,6 +17,9 @@ def is_image(obs_shape: Sequence[int]) -> bool:
     return len(obs_shape) == 3
 
 
+ImageLayout = Literal["channels_first", "channels_last"]
+
+
 class ImageEncoder(nn.Module):
     """Images ``[B, C, H, W]`` or ``[B, H, W, C]``, stored as uint8 or bool, to a feature vector.
 
@@ -23,14 +28,17 @@ class ImageEncoder(nn.Module):
     - Smaller grids (MinAtar's 10×10): the MinAtar paper's one 3×3 convolution with 16 channels
       (Young & Tian 2019).
 
-    The channel axis is the smaller of the first and last: ``(4, 84, 84)`` is channel-first,
-    ``(10, 10, 4)`` channel-last. Inputs become float here, on the model's device, so replay
+    ``layout`` says where the channels are: Atari's stacked frames ``(4, 84, 84)`` are channels
+    first, MinAtar's grids ``(10, 10, C)`` channels last (``(10, 10, 10)`` for Seaquest, which no
+    rule on the shape could tell). Inputs become float here, on the model's device, so replay
     stores compact frames: uint8 scaled to [0, 1], bool as 0/1.
     """
 
-    def __init__(self, obs_shape: Sequence[int]) -> None:
+    def __init__(self, obs_shape: Sequence[int], layout: ImageLayout) -> None:
         super().__init__()
-        self.channels_last = obs_shape[-1] < obs_shape[0]
+        if layout not in ("channels_first", "channels_last"):
+            raise ValueError(f"image layout must be channels_first or channels_last, got {layout!r}")
+        self.channels_last = layout == "channels_last"
         channels, height, width = (obs_shape[2], obs_shape[0], obs_shape[1]) if self.channels_last else tuple(obs_shape)
         if min(height, width) >= 36:
             layers = [
@@ -52,12 +60,23 @@ class ImageEncoder(nn.Module):
         return self.convs(x)
 
 
-def torso(obs_shape: Sequence[int]) -> tuple[nn.Module | None, int]:
+def torso(obs_shape: Sequence[int], image_layout: ImageLayout | None) -> tuple[nn.Module | None, int]:
     """The image encoder (``None`` for a flat observation) and the width it hands to the MLP."""
     if is_image(obs_shape):
-        encoder = ImageEncoder(obs_shape)
+        if image_layout is None:
+            raise ValueError(
+                f"an image observation {tuple(obs_shape)} needs its layout: channels_first or channels_last"
+            )
+        encoder = ImageEncoder(obs_shape, image_layout)
         return encoder, encoder.out_features
     return None, int(torch.tensor(obs_shape).prod())
+
+
+def features(encoder: nn.Module | None, obs: Tensor) -> Tensor:
+    """The MLP's float input ``[B, width]``: an image's CNN features, or the flat observation as
+    float (an env's uint8 or one-hot int64 vectors exactly; float32 as it is, ``Tensor.float``
+    returns it untouched)."""
+    return obs.float() if encoder is None else encoder(obs)
 
 
 def mlp(in_features: int, hidden_sizes: Sequence[int]) -> tuple[list[nn.Module], int]:
@@ -83,15 +102,16 @@ class QNetwork(nn.Module):
         n_actions: int,
         hidden_sizes: Sequence[int] = (128, 128),
         obs_shape: Sequence[int] | None = None,
+        image_layout: ImageLayout | None = None,
     ) -> None:
         super().__init__()
-        self.encoder, width = torso(obs_shape or (obs_dim,))
+        self.encoder, width = torso(obs_shape or (obs_dim,), image_layout)
         layers, width = mlp(width, hidden_sizes)
         self.net = nn.Sequential(*layers, nn.Linear(width, n_actions))
 
     def forward(self, obs: Tensor) -> Tensor:
         """Map observations ``[B, *obs_shape]`` to Q-values ``[B, n_actions]``."""
-        return self.net(obs if self.encoder is None else self.encoder(obs))
+        return self.net(features(self.encoder, obs))
 
 
 class DuelingQNetwork(nn.Module):
@@ -112,11 +132,12 @@ class DuelingQNetwork(nn.Module):
         n_actions: int,
         hidden_sizes: Sequence[int] = (128, 128),
         obs_shape: Sequence[int] | None = None,
+        image_layout: ImageLayout | None = None,
     ) -> None:
         super().__init__()
         if not hidden_sizes:
             raise ValueError("a dueling Q-network needs at least one hidden layer for its streams")
-        self.encoder, width = torso(obs_shape or (obs_dim,))
+        self.encoder, width = torso(obs_shape or (obs_dim,), image_layout)
         layers, width = mlp(width, hidden_sizes[:-1])
         self.torso = nn.Sequential(*layers)
         stream = hidden_sizes[-1]
@@ -125,9 +146,9 @@ class DuelingQNetwork(nn.Module):
 
     def forward(self, obs: Tensor) -> Tensor:
         """Map observations ``[B, *obs_shape]`` to Q-values ``[B, n_actions]``."""
-        features = self.torso(obs if self.encoder is None else self.encoder(obs))  # [B, width]
-        advantage = self.advantage(features)  # [B, n_actions]
-        return self.value(features) + advantage - advantage.mean(dim=1, keepdim=True)
+        shared = self.torso(features(self.encoder, obs))  # [B, width]
+        advantage = self.advantage(shared)  # [B, n_actions]
+        return self.value(shared) + advantage - advantage.mean(dim=1, keepdim=True)
 
 
 def soft_update(target: Sequence[Tensor], source: Sequence[Tensor], tau: float) -> None:

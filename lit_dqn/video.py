@@ -23,7 +23,7 @@ from PIL import Image
 
 from lit_dqn.checkpoints import read_checkpoint
 from lit_dqn.checks import ConfigError
-from lit_dqn.envs import env_spaces, make_env
+from lit_dqn.envs import EnvSpec
 from lit_dqn.module import DQN
 
 VIDEO_EXTRA = 'pip install "lit-dqn[video]"'
@@ -46,13 +46,14 @@ def has_mp4_encoder() -> bool:
     return True
 
 
-def make_render_env(env_id: str) -> RenderCollection:
+def make_render_env(spec: EnvSpec) -> RenderCollection:
     """The env drawing ``rgb_array`` frames, each episode's frames collected; one-line error if it cannot draw."""
     # Off-screen frames need no display; without this, SDL looks for one and prints an error headless.
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    env_id = spec.env_id
     try:
         # Gymnasium's env checker would warn about MinAtar's float frames, which viewable() converts.
-        env = RenderCollection(make_env(env_id, render_mode="rgb_array", disable_env_checker=True))
+        env = RenderCollection(spec.make(render_mode="rgb_array", disable_env_checker=True))
         env.reset(seed=0)
         frames = env.render()  # the first draw is where a missing pygame shows
     except gym.error.DependencyNotInstalled:
@@ -121,7 +122,7 @@ MAX_VIDEO_STEPS = 10_000
 
 def record_episodes(
     policy: Callable[[np.ndarray], np.ndarray],
-    env_id: str,
+    spec: EnvSpec,
     folder: Path,
     episodes: int,
     seed: int,
@@ -134,7 +135,7 @@ def record_episodes(
     ``policy`` maps observations ``[1, *obs_shape]`` to actions ``[1]``. Returns the recordings and
     the first episode's frames at half size ``[T, H/2, W/2, 3]``, for TensorBoard.
     """
-    env = make_render_env(env_id)
+    env = make_render_env(spec)
     fps = fps or env.metadata.get("render_fps") or 30
     folder.mkdir(parents=True, exist_ok=True)
     recordings, preview = [], np.zeros((0, 0, 0, 3), dtype=np.uint8)
@@ -216,10 +217,10 @@ class GreedyVideo(L.Callback):
             return
         q_net, source = self._best_network(trainer, pl_module)
         folder = Path(logger.log_dir) / "videos" / source
-        data = trainer.datamodule.hparams
+        datamodule = trainer.datamodule
         try:
             recordings, frames = record_episodes(
-                greedy_policy(q_net), data.env_id, folder, self.episodes, data.test_seed, self.fps
+                greedy_policy(q_net), datamodule.env_spec, folder, self.episodes, datamodule.hparams.test_seed, self.fps
             )
         except ConfigError as error:
             print(f"No video: {error}", file=sys.stderr)
@@ -276,14 +277,16 @@ def record_checkpoint(
         raise ConfigError(
             f"ckpt_path={ckpt_path!r} is not a checkpoint of python -m lit_dqn fit (no env or network in it)"
         )
-    env_spaces(data["env_id"])  # a missing env extra fails here, with its name
-    model = DQN(**{key: value for key, value in hparams.items() if not key.startswith("_")})
+    spec = EnvSpec.from_hparams(data)
+    checked = spec.check()  # a missing env extra or wrapper module fails here, with its name
+    # Checkpoints written before model.obs_layout existed: the env spec says it, as it did then.
+    model = DQN(**{"obs_layout": checked.image_layout, **{k: v for k, v in hparams.items() if not k.startswith("_")}})
     model.policy_net.load_state_dict(weights)
     path = Path(ckpt_path)
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     folder = Path(output_dir) if output_dir is not None else run_dir / "videos" / path.stem
     seed = data.get("test_seed", 0) if seed is None else seed
-    recordings, _ = record_episodes(greedy_policy(model.policy_net.eval()), data["env_id"], folder, episodes, seed, fps)
+    recordings, _ = record_episodes(greedy_policy(model.policy_net.eval()), spec, folder, episodes, seed, fps)
     for recording in recordings:
         print(f"Recorded {recording.path} (return {recording.episode_return:g}, {recording.length} steps)")
     mean = sum(r.episode_return for r in recordings) / len(recordings)

@@ -11,8 +11,9 @@ import pytest
 import torch
 from gymnasium.wrappers import AtariPreprocessing, ClipReward, FrameStackObservation
 
+from lit_dqn.atari import EmulatorState, EpisodicLife
 from lit_dqn.checks import ConfigError
-from lit_dqn.envs import EmulatorState, EpisodicLife, make_env, make_vec_env
+from lit_dqn.envs import EnvSpec
 from lit_dqn.plots import TrainingPlot
 from lit_dqn.video import GreedyVideo
 
@@ -31,7 +32,7 @@ def wrappers(env: gym.Env) -> list[type]:
 
 def test_training_and_evaluation_pipelines() -> None:
     skip_without_extra(BREAKOUT)
-    train, evaluate = make_env(BREAKOUT, training=True), make_env(BREAKOUT)
+    train, evaluate = EnvSpec(BREAKOUT).make(training=True), EnvSpec(BREAKOUT).make()
     for env in (train, evaluate):
         obs, _ = env.reset(seed=0)
         assert obs.shape == (4, 84, 84) and obs.dtype == np.uint8
@@ -59,7 +60,7 @@ def play_until_terminated(env: gym.Env, rng: np.random.Generator) -> tuple[int, 
 def test_a_lost_life_ends_the_training_episode_but_not_the_game() -> None:
     skip_without_extra(BREAKOUT)
     rng = np.random.default_rng(0)
-    train = make_env(BREAKOUT, training=True)
+    train = EnvSpec(BREAKOUT).make(training=True)
     train.reset(seed=1)
     ale = train.unwrapped.ale
     assert ale.lives() == 5
@@ -69,7 +70,7 @@ def test_a_lost_life_ends_the_training_episode_but_not_the_game() -> None:
     train.reset()
     assert ale.lives() == 4 and ale.getEpisodeFrameNumber() > frame  # ...and the same game goes on
 
-    evaluate = make_env(BREAKOUT)
+    evaluate = EnvSpec(BREAKOUT).make()
     evaluate.reset(seed=1)
     play_until_terminated(evaluate, rng)
     assert evaluate.unwrapped.ale.lives() == 0  # evaluation plays the whole game
@@ -77,7 +78,7 @@ def test_a_lost_life_ends_the_training_episode_but_not_the_game() -> None:
 
 def test_training_rewards_are_clipped() -> None:
     skip_without_extra(BREAKOUT)
-    env = make_env(BREAKOUT, training=True)
+    env = EnvSpec(BREAKOUT).make(training=True)
     while not isinstance(env, ClipReward):
         env = env.env
     assert [env.reward(r) for r in (-3.0, 0.0, 0.5, 7.0)] == [-1.0, 0.0, 0.5, 1.0]  # Breakout's rows score 1-7
@@ -86,7 +87,7 @@ def test_training_rewards_are_clipped() -> None:
 def test_atari_refuses_the_vector_entry_point() -> None:
     skip_without_extra(BREAKOUT)
     with pytest.raises(ConfigError, match="use 'sync' or 'async'"):
-        make_vec_env(BREAKOUT, 2, vectorization_mode="vector_entry_point")
+        EnvSpec(BREAKOUT).make_vec(2, vectorization_mode="vector_entry_point")
 
 
 TINY = (

@@ -128,7 +128,7 @@ def test_datamodule_reads_sizes_from_the_env() -> None:
 
 @pytest.mark.parametrize(
     ("env_id", "message"),
-    [("Pendulum-v1", "DQN needs Discrete actions"), ("CliffWalking-v1", "flat Box .* or an image Box")],
+    [("Pendulum-v1", "DQN needs Discrete actions"), ("Blackjack-v1", "Tuple.*wrappers.FlattenObservation")],
 )
 def test_datamodule_rejects_envs_dqn_cannot_use(env_id: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -33,8 +33,12 @@ BAD_INPUTS = [
     (["--data.env_id=CartPol-v1"], ["data.env_id='CartPol-v1'", "did you mean 'CartPole-v1'"]),
     (["--data.env_id=Pendulum-v1"], ["data.env_id='Pendulum-v1'", "Box action space", "DQN needs Discrete actions"]),
     (
-        ["--data.env_id=CliffWalking-v1"],
-        ["data.env_id='CliffWalking-v1'", "Discrete(48)", "flat Box (obs_dim,)", "image Box"],
+        ["--data.env_id=Blackjack-v1"],
+        [
+            "data.env_id='Blackjack-v1'",
+            "Tuple(Discrete(32)",
+            "data.wrappers: [{class_path: gymnasium.wrappers.FlattenObservation}]",
+        ],
     ),
     (["--trainer.accelerator=tpux"], ["trainer:", "accelerator", "cpu"]),
     (["--ckpt_path=missing.ckpt"], ["ckpt_path='missing.ckpt' does not exist"]),

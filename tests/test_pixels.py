@@ -1,5 +1,5 @@
-"""Image observations: the CNN torso chosen from the observation's shape, compact frames in replay,
-and MinAtar (the minatar extra) end to end."""
+"""Image observations: the CNN torso chosen from the observation's shape and the env's layout,
+compact frames in replay, and MinAtar (the minatar extra) end to end."""
 
 import subprocess
 import sys
@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from lit_dqn.buffer import ReplayBuffer
-from lit_dqn.envs import env_spaces
+from lit_dqn.envs import EnvSpec
 from lit_dqn.networks import DuelingQNetwork, ImageEncoder, QNetwork
 
 from .conftest import ROOT, make_cli, skip_without_extra
@@ -17,17 +17,18 @@ MINATAR = "MinAtar/Breakout-v1"
 
 
 def test_the_torso_follows_the_observation_shape() -> None:
-    atari = ImageEncoder((4, 84, 84))  # channel-first frame stack: the Nature CNN
+    atari = ImageEncoder((4, 84, 84), "channels_first")  # channel-first frame stack: the Nature CNN
     assert not atari.channels_last and atari.out_features == 64 * 7 * 7
     assert [m.kernel_size for m in atari.modules() if isinstance(m, torch.nn.Conv2d)] == [(8, 8), (4, 4), (3, 3)]
-    minatar = ImageEncoder((10, 10, 4))  # channel-last grid: the MinAtar paper's one convolution
+    minatar = ImageEncoder((10, 10, 4), "channels_last")  # channel-last grid: the MinAtar paper's one convolution
     assert minatar.channels_last and minatar.out_features == 16 * 8 * 8
     assert [m.out_channels for m in minatar.modules() if isinstance(m, torch.nn.Conv2d)] == [16]
-    net = QNetwork(400, 3, [128], obs_shape=(10, 10, 4))
+    net = QNetwork(400, 3, [128], obs_shape=(10, 10, 4), image_layout="channels_last")
     linears = [(m.in_features, m.out_features) for m in net.modules() if isinstance(m, torch.nn.Linear)]
     assert linears == [(1024, 128), (128, 3)]
     assert net(torch.zeros(5, 10, 10, 4, dtype=torch.bool)).shape == (5, 3)
-    assert DuelingQNetwork(400, 3, [128], obs_shape=(10, 10, 4))(torch.ones(2, 10, 10, 4)).shape == (2, 3)
+    dueling = DuelingQNetwork(400, 3, [128], obs_shape=(10, 10, 4), image_layout="channels_last")
+    assert dueling(torch.ones(2, 10, 10, 4)).shape == (2, 3)
     flat = QNetwork(4, 2, [8], obs_shape=(4,))
     assert flat.encoder is None and [k for k in flat.state_dict()] == [
         "net.0.weight",
@@ -39,8 +40,8 @@ def test_the_torso_follows_the_observation_shape() -> None:
 
 def test_channel_last_and_uint8_frames_are_read_as_channel_first_floats() -> None:
     torch.manual_seed(0)
-    last = ImageEncoder((10, 10, 3))
-    first = ImageEncoder((3, 10, 10))
+    last = ImageEncoder((10, 10, 3), "channels_last")
+    first = ImageEncoder((3, 10, 10), "channels_first")
     first.load_state_dict(last.state_dict())
     frames = torch.randint(0, 256, (2, 10, 10, 3), dtype=torch.uint8)  # [B, H, W, C]
     expected = first(frames.permute(0, 3, 1, 2).float() / 255)  # [B, C, H, W] in [0, 1]
@@ -62,8 +63,9 @@ def test_replay_stores_frames_in_their_own_dtype() -> None:
 
 def test_minatar_registers_and_its_spaces_are_images() -> None:
     skip_without_extra(MINATAR)
-    observation_space, action_space = env_spaces(MINATAR)
-    assert observation_space.shape == (10, 10, 4) and observation_space.dtype == np.bool_ and action_space.n == 3
+    observation_space, n_actions, layout = EnvSpec(MINATAR).check()
+    assert observation_space.shape == (10, 10, 4) and observation_space.dtype == np.bool_ and n_actions == 3
+    assert layout == "channels_last"
 
 
 def test_minatar_config_trains_with_bool_frames(tmp_path) -> None:

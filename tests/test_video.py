@@ -16,6 +16,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lit_dqn import video
+from lit_dqn.envs import EnvSpec
 from lit_dqn.plots import Validation, plot_episodes
 
 from .conftest import ROOT, FitRun, run_cli, skip_without_extra
@@ -167,7 +168,7 @@ def test_every_shipped_env_records(config: Path, tmp_path: Path) -> None:
     env_id = yaml.safe_load(config.read_text())["data"]["env_id"]
     skip_without_extra(env_id)
     recordings, preview = video.record_episodes(
-        lambda obs: np.zeros(len(obs), dtype=np.int64), env_id, tmp_path, 1, 0, None, max_steps=300
+        lambda obs: np.zeros(len(obs), dtype=np.int64), EnvSpec(env_id), tmp_path, 1, 0, None, max_steps=300
     )
     [recording] = recordings
     assert recording.length <= 300 and (recording.length == 300 or env_id != "ALE/Breakout-v5")

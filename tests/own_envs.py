@@ -1,0 +1,110 @@
+"""Envs a user might bring, registered when this module is imported: the honest test of the
+``module:id`` form (``--data.env_id tests.own_envs:Shifted-v0``), which lit_dqn never imports itself."""
+
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector import AutoresetMode
+
+
+class Shifted(gym.Env):
+    """Actions ``Discrete(3, start=1)``: 1, 2 or 3. Any other action raises, as a strict env would.
+
+    Rewarded for action 2; ``seen`` counts the actions it received (class-wide, so a test can read
+    what the training envs got)."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+    action_space = gym.spaces.Discrete(3, start=1)
+    seen: ClassVar[set[int]] = set()
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        return self.np_random.uniform(-1, 1, 2).astype(np.float32), {}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        if int(action) not in (1, 2, 3):
+            raise ValueError(f"Shifted takes actions 1, 2 or 3, not {action!r}")
+        Shifted.seen.add(int(action))
+        obs = self.np_random.uniform(-1, 1, 2).astype(np.float32)
+        return obs, float(int(action) == 2), False, False, {}
+
+
+class Bytes(gym.Env):
+    """A flat uint8 observation, as an emulator's RAM is: reward for the action that matches the
+    first byte's top bit."""
+
+    observation_space = gym.spaces.Box(0, 255, shape=(8,), dtype=np.uint8)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self._obs = self.np_random.integers(0, 256, 8, dtype=np.uint8)
+        return self._obs, {}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        reward = float(int(action) == int(self._obs[0] >= 128))
+        self._obs = self.np_random.integers(0, 256, 8, dtype=np.uint8)
+        return self._obs, reward, False, False, {}
+
+
+class Parts(gym.Env):
+    """A Dict observation, which the Q-network cannot take until ``FlattenObservation`` flattens it."""
+
+    observation_space = gym.spaces.Dict(
+        {"position": gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32), "phase": gym.spaces.Discrete(3)}
+    )
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
+        super().reset(seed=seed)
+        return self.observation_space.sample(), {}
+
+    def step(self, action: Any) -> tuple[dict, float, bool, bool, dict]:
+        return self.observation_space.sample(), 0.0, False, False, {}
+
+
+class Grid(gym.Env):
+    """Boolean images ``(10, 10, 10)``, channels last, as MinAtar's Seaquest gives them: a shape from
+    which no rule can tell the channel axis."""
+
+    observation_space = gym.spaces.Box(0, 1, shape=(10, 10, 10), dtype=np.bool_)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        return self.np_random.random((10, 10, 10)) < 0.1, {}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        return self.np_random.random((10, 10, 10)) < 0.1, 0.0, False, False, {}
+
+
+class Counting(gym.Wrapper):
+    """A user's own wrapper with an init arg: adds ``bonus`` to every reward."""
+
+    def __init__(self, env: gym.Env, bonus: float) -> None:
+        super().__init__(env)
+        self.bonus = bonus
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, float(reward) + self.bonus, terminated, truncated, info
+
+
+def same_step_vector_env(num_envs: int, **kwargs: Any) -> gym.vector.VectorEnv:
+    """A batched implementation that resets finished sub-envs in the same step (``SAME_STEP``)."""
+    return gym.vector.SyncVectorEnv(
+        [lambda: gym.make("CartPole-v1")] * num_envs, autoreset_mode=AutoresetMode.SAME_STEP
+    )
+
+
+gym.register("Shifted-v0", entry_point=Shifted, max_episode_steps=20)
+gym.register("Bytes-v0", entry_point=Bytes, max_episode_steps=20)
+gym.register("Parts-v0", entry_point=Parts, max_episode_steps=20)
+gym.register("Grid-v0", entry_point=Grid, max_episode_steps=20)
+gym.register(
+    "SameStep-v0",
+    entry_point="gymnasium.envs.classic_control.cartpole:CartPoleEnv",
+    vector_entry_point=same_step_vector_env,
+    max_episode_steps=500,
+)
