@@ -141,7 +141,7 @@ def sb3_seed(job: tuple[str, int, float, int | None, int, int, int]) -> dict:
     learn_s = time.perf_counter() - start
     env.close()
 
-    def greedy(obs: np.ndarray) -> np.ndarray:
+    def greedy(obs: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         return model.predict(obs, deterministic=True)[0]
 
     envs = gym.make_vec(env_id, num_envs=test_episodes)  # the call GymDataModule makes for its test episodes

@@ -24,6 +24,7 @@ class Transitions(NamedTuple):
     steps: Tensor | None = None  # [B] int64 in 1..n: rewards summed before bootstrapping
     indices: Tensor | None = None  # [B] int64 buffer slots, for prioritized replay's priority updates
     weights: Tensor | None = None  # [B] float32 importance-sampling weights of prioritized replay
+    next_mask: Tensor | None = None  # [B, n_actions] bool: the actions valid in next_obs (action masks only)
 
 
 def n_step_window(rewards: Tensor, next_index: Tensor, idx: Tensor, n_step: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -60,6 +61,9 @@ class ReplayBuffer:
     ``n_step - 1`` steps: the n-step return is computed at sample time from one-step storage, so
     the stored data never depends on ``n_step`` or ``gamma``. Links only point to newer slots, which
     the ring overwrites after the slot linking to them, so a link never leads to another episode.
+
+    With ``action_mask_size=n_actions`` each transition also keeps which actions are valid in its
+    ``next_obs`` (``next_mask``), so the TD target's max runs over those only.
     """
 
     def __init__(
@@ -71,6 +75,7 @@ class ReplayBuffer:
         n_step: int = 1,
         num_envs: int = 1,
         obs_dtype: torch.dtype = torch.float32,
+        action_mask_size: int | None = None,
     ) -> None:
         if capacity <= 0:
             raise ValueError(f"ReplayBuffer capacity must be > 0, got {capacity}")
@@ -86,6 +91,9 @@ class ReplayBuffer:
         self.actions = torch.zeros(capacity, dtype=torch.long, device=self.device)
         self.rewards = torch.zeros(capacity, dtype=torch.float32, device=self.device)
         self.terminated = torch.zeros(capacity, dtype=torch.bool, device=self.device)
+        self.next_mask = (
+            torch.ones((capacity, action_mask_size), dtype=torch.bool, device=self.device) if action_mask_size else None
+        )
         if n_step > 1:
             self.next_index = torch.full((capacity,), -1, dtype=torch.long, device=self.device)
             self.tail = np.full(num_envs, -1, dtype=np.int64)  # per env: slot of its open episode's last step
@@ -112,6 +120,7 @@ class ReplayBuffer:
         terminated: Any,
         env_ids: Any = None,
         continues: Any = None,
+        next_masks: Any = None,
     ) -> Tensor | slice:
         """Append a batch of ``N`` transitions (tensors or arrays with leading dimension ``N``); return
         the slots they went to.
@@ -119,6 +128,7 @@ class ReplayBuffer:
         For an n-step buffer, ``env_ids`` ``[N]`` says which sub-env each transition came from and
         ``continues`` ``[N]`` whether its episode goes on (neither terminated nor truncated), so the
         next push from that env links to it. They default to envs ``0..N-1`` and "goes on".
+        ``next_masks`` ``[N, n_actions]``: the actions valid in each ``next_obs`` (a masked buffer only).
         """
         actions = torch.as_tensor(actions, device=self.device)
         n = actions.shape[0]
@@ -135,6 +145,8 @@ class ReplayBuffer:
         self.rewards[idx] = torch.as_tensor(rewards, dtype=torch.float32, device=self.device)
         self.next_obs[idx] = torch.as_tensor(next_obs, dtype=self.obs.dtype, device=self.device)
         self.terminated[idx] = torch.as_tensor(terminated, dtype=torch.bool, device=self.device)
+        if self.next_mask is not None:
+            self.next_mask[idx] = torch.as_tensor(next_masks, dtype=torch.bool, device=self.device)
         if self.n_step > 1:
             self.next_index[idx] = -1
             self._link(np.arange(self.pos, self.pos + n) % self.capacity, env_ids, continues)
@@ -176,11 +188,14 @@ class ReplayBuffer:
     def _gather(self, idx: Tensor) -> Transitions:
         """The transitions (or n-step windows) starting at slots ``idx`` ``[B]``."""
         if self.n_step == 1:
-            return Transitions(
+            batch = Transitions(
                 self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.terminated[idx]
             )
+            return batch if self.next_mask is None else batch._replace(next_mask=self.next_mask[idx])
         rewards, last, steps = n_step_window(self.rewards, self.next_index, idx, self.n_step)
-        return Transitions(self.obs[idx], self.actions[idx], rewards, self.next_obs[last], self.terminated[last], steps)
+        next_obs, terminated = self.next_obs[last], self.terminated[last]
+        batch = Transitions(self.obs[idx], self.actions[idx], rewards, next_obs, terminated, steps)
+        return batch if self.next_mask is None else batch._replace(next_mask=self.next_mask[last])
 
     def _storage(self) -> dict[str, Tensor]:
         storage = {
@@ -192,6 +207,8 @@ class ReplayBuffer:
         }
         if self.n_step > 1:
             storage["next_index"] = self.next_index
+        if self.next_mask is not None:
+            storage["next_mask"] = self.next_mask
         return storage
 
     def state_dict(self) -> dict[str, Any]:
@@ -218,6 +235,8 @@ class ReplayBuffer:
         for key, tensor in self._storage().items():
             if key == "next_index" and key not in state["storage"]:
                 tensor.fill_(-1)  # a buffer saved one-step: no links
+            elif key == "next_mask" and key not in state["storage"]:
+                tensor.fill_(True)  # a buffer saved without masks: every action counted valid, as it was
             else:
                 tensor[: state["size"]] = state["storage"][key][: state["size"]].to(self.device)
         self.end_episodes()

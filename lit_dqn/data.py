@@ -27,7 +27,7 @@ from lit_dqn.checks import (
     check_positive,
 )
 from lit_dqn.distributed import episode_share, gather_to_rank_zero, rank_seed, world
-from lit_dqn.envs import EnvSpec, ImageLayout, WrapperSpec
+from lit_dqn.envs import ActionMasks, EnvSpec, ImageLayout, WrapperSpec
 from lit_dqn.frames import FrameReplayBuffer, PrioritizedFrameReplayBuffer
 from lit_dqn.prioritized import PrioritizedReplayBuffer
 from lit_dqn.rollout import EnvRunner, ExplorationPolicy, GreedyPolicy, evaluate
@@ -119,13 +119,16 @@ class EvaluationDataset(IterableDataset):
     different checkpoints are comparable.
     """
 
-    def __init__(self, envs: gym.vector.VectorEnv, policy: GreedyPolicy, seed: int) -> None:
+    def __init__(
+        self, envs: gym.vector.VectorEnv, policy: GreedyPolicy, seed: int, masks: ActionMasks | None = None
+    ) -> None:
         self.envs = envs
         self.policy = policy
         self.seed = seed
+        self.masks = masks
 
     def __iter__(self) -> Iterator[Tensor]:
-        returns = evaluate(self.envs, self.policy, self.seed)
+        returns = evaluate(self.envs, self.policy, self.seed, self.masks)
         yield torch.as_tensor(returns, dtype=torch.float32)
 
 
@@ -146,6 +149,10 @@ class GymDataModule(L.LightningDataModule):
             ``channels_last`` (H, W, C); ``None`` takes the env family's (MinAtar: last; Atari's
             stacked frames: first). An image env of another family must set it: a shape such as
             MinAtar Seaquest's (10, 10, 10) cannot tell.
+        action_masks: act among the actions the env says are valid, ``info["action_mask"]``
+            (Gymnasium's convention, e.g. Taxi) or an ``action_masks()`` method (sb3-contrib's):
+            ε-greedy explores valid actions only, the greedy action is the best valid one, and the
+            TD target's max (and Double DQN's argmax) runs over the next state's valid actions.
         num_envs: sub-envs stepped together (each vector step adds ``num_envs`` transitions).
         batch_size: transitions per sampled batch.
         buffer_capacity: replay buffer size; the oldest transitions are overwritten.
@@ -183,6 +190,7 @@ class GymDataModule(L.LightningDataModule):
         env_kwargs: dict[str, Any] | None = None,
         wrappers: list[WrapperSpec] | None = None,
         image_layout: ImageLayout | None = None,
+        action_masks: bool = False,
         num_envs: int = 1,
         batch_size: int = 128,
         buffer_capacity: int = 10_000,
@@ -216,7 +224,7 @@ class GymDataModule(L.LightningDataModule):
         check_interval("data.priority_beta", priority_beta, 0, 1)
         check_positive("data.priority_eps", priority_eps)
         self.save_hyperparameters()
-        self.env_spec = EnvSpec(env_id, dict(env_kwargs or {}), tuple(wrappers or ()), image_layout)
+        self.env_spec = EnvSpec(env_id, dict(env_kwargs or {}), tuple(wrappers or ()), image_layout, action_masks)
         self.observation_space, self._n_actions, self.obs_layout = self.env_spec.check()
         if vectorization_mode == "vector_entry_point":  # refused now, if it will be, rather than when training starts
             self.env_spec.make_vec(1, vectorization_mode=vectorization_mode).close()
@@ -283,6 +291,7 @@ class GymDataModule(L.LightningDataModule):
             "seed": int(buffer_seed.generate_state(1)[0]),
             "n_step": hp.n_step,
             "obs_dtype": self.obs_dtype,
+            "action_mask_size": self.n_actions if hp.action_masks else None,
         }
         shape = self.observation_space.shape
         # Atari's frame stacks share 3 of 4 frames with their neighbours: a frame ring stores each once.
@@ -297,7 +306,9 @@ class GymDataModule(L.LightningDataModule):
                 hp.buffer_capacity, shape, num_envs=hp.num_envs, **kwargs
             )
         envs = self.env_spec.make_vec(hp.num_envs, training=True, vectorization_mode=hp.vectorization_mode)
-        self.runner = EnvRunner(envs, self.buffer, seed=int(runner_seed.generate_state(1)[0]))
+        self.runner = EnvRunner(
+            envs, self.buffer, seed=int(runner_seed.generate_state(1)[0]), masks=self.env_spec.masks()
+        )
         saved = "saved in every checkpoint" if hp.save_replay_buffer else "not saved in checkpoints"
         kind = ("Prioritized replay" if hp.prioritized else "Replay") + (" frame ring" if frames else " buffer")
         per_rank = f" on each of {world_size} ranks" if world_size > 1 else ""
@@ -353,7 +364,8 @@ class GymDataModule(L.LightningDataModule):
         if stage not in self._eval_envs:
             # ``vectorization_mode=None`` picks the env's batched implementation when it has one.
             self._eval_envs[stage] = self.env_spec.make_vec(count)
-        dataset = EvaluationDataset(self._eval_envs[stage], self.trainer.lightning_module.greedy_actions, seed + offset)
+        policy = self.trainer.lightning_module.greedy_actions
+        dataset = EvaluationDataset(self._eval_envs[stage], policy, seed + offset, self.env_spec.masks())
         return DataLoader(dataset, batch_size=None, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:

@@ -10,7 +10,7 @@ import functools
 import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, NotRequired, TypedDict
+from typing import Any, Literal, NamedTuple, NotRequired, TypedDict
 
 import gymnasium as gym
 import numpy as np
@@ -29,7 +29,8 @@ EXTRAS = {"box2d": "box2d", "ale_py": "atari", "ALE": "atari", "minatar": "minat
 # grids; Atari's frames are stacked first, (4, 84, 84). Other image envs say so in data.image_layout.
 FAMILY_LAYOUTS: dict[str, ImageLayout] = {"MinAtar/": "channels_last", "ALE/": "channels_first"}
 
-ENV_SPEC_KEYS = ("env_id", "env_kwargs", "wrappers", "image_layout")  # the data module's keys that make an EnvSpec
+# The data module's keys that make an EnvSpec.
+ENV_SPEC_KEYS = ("env_id", "env_kwargs", "wrappers", "image_layout", "action_masks")
 
 
 class WrapperSpec(TypedDict):
@@ -103,6 +104,43 @@ class CheckedSpaces(NamedTuple):
     image_layout: ImageLayout | None  # None for a flat observation
 
 
+@dataclass(frozen=True)
+class ActionMasks:
+    """Reads which actions are valid, where the env says: ``info["action_mask"]`` (Gymnasium's
+    convention, Taxi's) or an ``action_masks()`` method (sb3-contrib's ``MaskablePPO`` convention).
+
+    Masks are ``[N, n_actions]`` bool arrays, True where the action is valid.
+    """
+
+    source: Literal["info", "method"]
+    n_actions: int
+
+    def of_vector(self, envs: gym.vector.VectorEnv, infos: dict[str, Any]) -> np.ndarray:
+        """The masks ``[N, n_actions]`` of a vector env's current observations, from the infos of the
+        ``reset`` or ``step`` that returned them (a sub-env whose info has none: every action valid)."""
+        if self.source == "method":
+            masks = np.stack([np.asarray(m) for m in envs.call("action_masks")]).astype(bool)
+        elif "action_mask" in infos:
+            masks = np.asarray(infos["action_mask"]).astype(bool)
+            masks[~np.asarray(infos.get("_action_mask", np.ones(len(masks), dtype=bool)))] = True
+        else:
+            masks = np.ones((envs.num_envs, self.n_actions), dtype=bool)
+        return self._checked(masks.reshape(envs.num_envs, -1))
+
+    def of_env(self, env: gym.Env, info: dict[str, Any]) -> np.ndarray:
+        """The mask ``[1, n_actions]`` of one env's current observation."""
+        if self.source == "method":
+            mask = np.asarray(env.get_wrapper_attr("action_masks")()).astype(bool)
+        else:
+            mask = np.asarray(info.get("action_mask", np.ones(self.n_actions))).astype(bool)
+        return self._checked(mask.reshape(1, -1))
+
+    def _checked(self, masks: np.ndarray) -> np.ndarray:
+        if masks.shape[1] != self.n_actions:
+            raise ValueError(f"the env's action mask has {masks.shape[1]} entries, its action space {self.n_actions}")
+        return masks
+
+
 def _import_class(path: str) -> Any:
     module_name, _, name = path.rpartition(".")
     if not module_name:
@@ -121,12 +159,14 @@ class EnvSpec:
         wrappers: Gymnasium wrappers applied in order around each env, after Atari's preprocessing.
         image_layout: where an image observation's channels are; ``None`` takes the env family's
             (``FAMILY_LAYOUTS``), and an image env of no known family must say.
+        action_masks: act, and bootstrap, among the actions the env says are valid (``ActionMasks``).
     """
 
     env_id: str
     env_kwargs: Mapping[str, Any] = field(default_factory=dict)
     wrappers: Sequence[WrapperSpec] = ()
     image_layout: ImageLayout | None = None
+    action_masks: bool = False
 
     @classmethod
     def from_hparams(cls, hparams: Mapping[str, Any]) -> "EnvSpec":
@@ -137,6 +177,7 @@ class EnvSpec:
             env_kwargs=dict(hparams.get("env_kwargs") or {}),
             wrappers=tuple(hparams.get("wrappers") or ()),
             image_layout=hparams.get("image_layout"),
+            action_masks=bool(hparams.get("action_masks", False)),
         )
 
     def _wrapper_factories(self) -> list[Callable[[gym.Env], gym.Env]]:
@@ -174,9 +215,9 @@ class EnvSpec:
         return adapt_spaces(self._make_raw(training=training, **make_kwargs))
 
     @functools.cached_property
-    def _raw_spaces(self) -> tuple[gym.Space, gym.Space]:
-        """Observation and action spaces of one env made from the spec, before ``adapt_spaces``; the
-        errors of making it become one line naming the key to fix."""
+    def _probe(self) -> "_Probe":
+        """One env made from the spec, read once: its spaces before ``adapt_spaces`` and, with masks
+        on, where its masks come from. The errors of making it become one line naming the key to fix."""
         try:
             env = self._make_raw(training=False)
         except ConfigError:
@@ -188,9 +229,27 @@ class EnvSpec:
         except TypeError as error:
             given = f"data.env_kwargs={dict(self.env_kwargs)!r}" if self.env_kwargs else f"data.env_id={self.env_id!r}"
             raise ConfigError(f"{given} cannot make the env: {str(error).splitlines()[0]}") from None
-        spaces = env.observation_space, env.action_space
+        source, size = _mask_source(env) if self.action_masks else (None, 0)
+        probe = _Probe(env.observation_space, env.action_space, source, size)
         env.close()
-        return spaces
+        return probe
+
+    def masks(self) -> ActionMasks | None:
+        """Where this env's action masks come from, if masks are on; an env that provides none is one line."""
+        if not self.action_masks:
+            return None
+        _, action_space, source, size = self._probe
+        if source is None:
+            raise ConfigError(
+                f"data.action_masks=true, but {self.env_id} provides no action mask: neither info['action_mask'] "
+                "from reset and step (Gymnasium's convention) nor an action_masks() method (sb3-contrib's)"
+            )
+        if size != action_space.n:
+            raise ConfigError(
+                f"data.action_masks=true, but {self.env_id}'s action mask has {size} entries "
+                f"for its {action_space.n} actions"
+            )
+        return ActionMasks(source, int(action_space.n))
 
     def _cannot_make(self, error: gym.error.Error) -> str:
         extra = missing_extra(self.env_id)
@@ -211,7 +270,7 @@ class EnvSpec:
                     f"data.env_id={self.env_id!r}: importing its module {module!r} failed: "
                     f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
                 ) from None
-        raw_observation_space, raw_action_space = self._raw_spaces
+        raw_observation_space, raw_action_space, *_ = self._probe
         if not isinstance(raw_action_space, gym.spaces.Discrete):
             raise ConfigError(
                 f"data.env_id={self.env_id!r} has a {type(raw_action_space).__name__} action space; "
@@ -241,7 +300,9 @@ class EnvSpec:
                 f"data.image_layout={self.image_layout!r} is for image observations; {self.env_id}'s are flat "
                 f"{tuple(shape)}: leave it null"
             )
-        return CheckedSpaces(observation_space, int(raw_action_space.n), self._layout(shape) if image else None)
+        checked = CheckedSpaces(observation_space, int(raw_action_space.n), self._layout(shape) if image else None)
+        self.masks()  # masks asked for and none provided: one line now
+        return checked
 
     def _layout(self, shape: tuple[int, ...]) -> ImageLayout:
         if self.image_layout is not None:
@@ -262,7 +323,7 @@ class EnvSpec:
         the env's own batched implementation where it has one (CartPole's) and the spec needs no
         wrapper, else steps copies in this process."""
         wrappers = self._wrapper_factories()
-        if _needs_adapting(*self._raw_spaces):
+        if _needs_adapting(*self._probe[:2]):
             wrappers.append(adapt_spaces)
         own_loop = is_atari(self.env_id) or bool(wrappers)
         automatic = vectorization_mode is None
@@ -300,6 +361,23 @@ class EnvSpec:
                 "resets on its next step): use data.vectorization_mode sync or async"
             )
         return envs
+
+
+class _Probe(NamedTuple):
+    observation_space: gym.Space
+    action_space: gym.Space
+    mask_source: Literal["info", "method"] | None
+    mask_size: int  # entries of the first mask read (0 if none)
+
+
+def _mask_source(env: gym.Env) -> tuple[Literal["info", "method"] | None, int]:
+    """Which convention an env follows for action masks, and its mask's length, read from its first reset."""
+    _, info = env.reset(seed=0)
+    if "action_mask" in info:
+        return "info", int(np.asarray(info["action_mask"]).size)
+    if env.has_wrapper_attr("action_masks"):
+        return "method", int(np.asarray(env.get_wrapper_attr("action_masks")()).size)
+    return None, 0
 
 
 def _wrap(index: int, cls: type, init_args: dict[str, Any], env: gym.Env) -> gym.Env:

@@ -47,6 +47,7 @@ class FrameReplayBuffer:
         n_step: int = 1,
         num_envs: int = 1,
         obs_dtype: torch.dtype = torch.uint8,
+        action_mask_size: int | None = None,
     ) -> None:
         self.stack = int(obs_shape[0])  # K frames per observation
         if capacity < 4 * num_envs * (self.stack + 1):
@@ -63,6 +64,9 @@ class FrameReplayBuffer:
         self.rewards = torch.zeros(capacity, dtype=torch.float32, device=self.device)
         self.terminated = torch.zeros(capacity, dtype=torch.bool, device=self.device)
         self.next_index = torch.full((capacity,), -1, dtype=torch.long, device=self.device)  # next transition
+        self.next_mask = (  # per transition slot: the actions valid in its next_obs (action masks only)
+            torch.ones((capacity, action_mask_size), dtype=torch.bool, device=self.device) if action_mask_size else None
+        )
         self.tree = SumTree(capacity, self.device)  # sampling weight per slot: 0 for start or stale slots
         # Host bookkeeping, one entry per slot.
         self.host_prev = np.arange(capacity, dtype=np.int64)
@@ -101,11 +105,13 @@ class FrameReplayBuffer:
         terminated: Any,
         env_ids: Any = None,
         continues: Any = None,
+        next_masks: Any = None,
     ) -> Tensor:
         """Append ``N`` transitions (one per env at most); return the slots they went to ``[N]``.
 
         ``obs`` and ``next_obs`` are ``[N, K, *frame]``; ``env_ids`` and ``continues`` as in
-        ``ReplayBuffer.push``: which env each transition came from and whether its episode goes on.
+        ``ReplayBuffer.push``: which env each transition came from and whether its episode goes on;
+        ``next_masks`` too.
         """
         obs, next_obs = np.asarray(obs), np.asarray(next_obs)
         n = len(obs)
@@ -159,6 +165,8 @@ class FrameReplayBuffer:
         self.actions[at] = torch.as_tensor(actions, device=self.device).long()
         self.rewards[at] = torch.as_tensor(rewards, dtype=torch.float32, device=self.device)
         self.terminated[at] = torch.as_tensor(terminated, dtype=torch.bool, device=self.device)
+        if self.next_mask is not None:
+            self.next_mask[at] = torch.as_tensor(next_masks, dtype=torch.bool, device=self.device)
         is_transition = torch.as_tensor(np.isin(slots, transitions), device=self.device)
         self.sampleable[transitions] = True
         self.size += n
@@ -219,12 +227,14 @@ class FrameReplayBuffer:
         """The transitions (or n-step windows) starting at slots ``idx`` ``[B]``."""
         obs = self._stacks(self.prev[idx])
         if self.n_step == 1:
-            return Transitions(obs, self.actions[idx], self.rewards[idx], self._stacks(idx), self.terminated[idx])
+            batch = Transitions(obs, self.actions[idx], self.rewards[idx], self._stacks(idx), self.terminated[idx])
+            return batch if self.next_mask is None else batch._replace(next_mask=self.next_mask[idx])
         rewards, last, steps = n_step_window(self.rewards, self.next_index, idx, self.n_step)
-        return Transitions(obs, self.actions[idx], rewards, self._stacks(last), self.terminated[last], steps)
+        batch = Transitions(obs, self.actions[idx], rewards, self._stacks(last), self.terminated[last], steps)
+        return batch if self.next_mask is None else batch._replace(next_mask=self.next_mask[last])
 
     def _tensors(self) -> dict[str, Tensor]:
-        return {
+        tensors = {
             "frames": self.frames,
             "prev": self.prev,
             "actions": self.actions,
@@ -233,6 +243,9 @@ class FrameReplayBuffer:
             "next_index": self.next_index,
             "weights": self.tree.tree,
         }
+        if self.next_mask is not None:
+            tensors["next_mask"] = self.next_mask
+        return tensors
 
     def _arrays(self) -> dict[str, np.ndarray]:
         arrays = (self.host_prev, self.serial, self.oldest, self.sampleable)
@@ -262,7 +275,10 @@ class FrameReplayBuffer:
                 f"data.buffer_capacity={self.capacity} and the env's {self.stack}-frame stacks must match it to resume"
             )
         for key, tensor in self._tensors().items():
-            tensor.copy_(state["storage"][key])
+            if key == "next_mask" and key not in state["storage"]:
+                tensor.fill_(True)  # saved without masks: every action counted valid, as it was
+            else:
+                tensor.copy_(state["storage"][key])
         for key, array in self._arrays().items():
             array[:] = state["host"][key].numpy()
         self.written, self.span, self.size = state["written"], state["span"], state["size"]

@@ -12,6 +12,7 @@ def td_targets(
     gamma: float,
     next_q_online: Tensor | None = None,
     steps: Tensor | None = None,
+    next_mask: Tensor | None = None,
 ) -> Tensor:
     """TD targets ``Σ_k γ^k r_k + γ^m · (1 − terminated) · Q′(s′, a*)``, without gradient.
 
@@ -24,14 +25,23 @@ def td_targets(
     ``a*`` is the target network's argmax (DQN) or, when ``next_q_online`` is given, the online
     network's argmax evaluated by the target network (Double DQN).
 
+    With action masks, ``next_mask`` ``[B, n_actions]`` (the actions valid in ``s′``) limits both
+    the max and Double DQN's argmax to valid actions: an invalid action's value, which no policy
+    can reach, would otherwise leak into every target. A state with no valid action bootstraps 0.
+
     Shapes: ``terminated`` ``[B]``; ``next_q_*`` ``[B, n_actions]``; returns ``[B]``.
     """
     with torch.no_grad():
+        if next_mask is not None:
+            next_q_target = next_q_target.masked_fill(~next_mask, -torch.inf)
+            next_q_online = None if next_q_online is None else next_q_online.masked_fill(~next_mask, -torch.inf)
         if next_q_online is None:
             next_values = next_q_target.max(dim=1).values
         else:
             best = next_q_online.argmax(dim=1, keepdim=True)  # [B, 1]
             next_values = next_q_target.gather(1, best).squeeze(1)
+        if next_mask is not None:
+            next_values = torch.where(next_mask.any(dim=1), next_values, 0.0)
         bootstrap = next_values * (~terminated.bool()).to(next_values.dtype)
         if steps is None:
             return rewards + gamma * bootstrap

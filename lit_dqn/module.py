@@ -163,16 +163,23 @@ class DQN(L.LightningModule):
         self._eps_span = self.hparams.eps_fraction * datamodule.env_steps_at(max_steps)
 
     @torch.inference_mode()
-    def greedy_actions(self, obs: np.ndarray) -> np.ndarray:
-        """argmax_a Q(s, a) for observations ``[N, *obs_shape]`` from the env (on the CPU); frames
-        stay uint8 or bool, as replay stores them, and the network makes them float."""
+    def greedy_actions(self, obs: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        """argmax_a Q(s, a) for observations ``[N, *obs_shape]`` from the env (on the CPU), over the
+        valid actions ``mask`` ``[N, n_actions]`` if given; frames stay uint8 or bool, as replay
+        stores them, and the network makes them float."""
         obs_t = torch.as_tensor(obs, device=self.device)
         if obs_t.dtype not in (torch.uint8, torch.bool):
             obs_t = obs_t.float()
-        return self.policy_net(obs_t).argmax(dim=1).cpu().numpy()  # the one host sync per env step
+        q_values = self.policy_net(obs_t)  # [N, n_actions]
+        if mask is not None:
+            q_values = q_values.masked_fill(~torch.as_tensor(mask, device=self.device), -torch.inf)
+        return q_values.argmax(dim=1).cpu().numpy()  # the one host sync per env step
 
-    def act(self, obs: np.ndarray, env_step: int, rng: np.random.Generator) -> tuple[np.ndarray, float]:
-        """ε-greedy actions ``[N]`` for observations ``[N, obs_dim]``; also returns the ε used.
+    def act(
+        self, obs: np.ndarray, env_step: int, rng: np.random.Generator, mask: np.ndarray | None = None
+    ) -> tuple[np.ndarray, float]:
+        """ε-greedy actions ``[N]`` for observations ``[N, obs_dim]``; also returns the ε used. With
+        ``mask`` ``[N, n_actions]``, both the random and the greedy action are valid ones.
 
         Both random draws are taken every call, whatever they decide, so the RNG stream, and with it
         the whole run, depends only on the seed.
@@ -180,9 +187,12 @@ class DQN(L.LightningModule):
         eps = self.epsilon(env_step)
         n = obs.shape[0]
         explore = rng.random(n) < eps
-        actions = rng.integers(self.hparams.n_actions, size=n)
+        if mask is None:
+            actions = rng.integers(self.hparams.n_actions, size=n)
+        else:  # uniform over each row's valid actions: the largest of one uniform draw per valid action
+            actions = np.where(mask, rng.random(mask.shape), -1.0).argmax(axis=1)
         if not explore.all():
-            actions = np.where(explore, actions, self.greedy_actions(obs))
+            actions = np.where(explore, actions, self.greedy_actions(obs, mask))
         return actions, eps
 
     def on_train_batch_start(self, batch: ReplayBatch, batch_idx: int) -> None:
@@ -265,13 +275,13 @@ class DQN(L.LightningModule):
         """One DQN update, the tutorial's ``optimize_model``: TD targets from the target network,
         Huber loss, then zero_grad, backward, gradient clipping and the AdamW step. The target
         network follows in ``on_train_batch_end``."""
-        obs, actions, rewards, next_obs, terminated, steps, indices, weights = batch.transitions
+        obs, actions, rewards, next_obs, terminated, steps, indices, weights, next_mask = batch.transitions
         hp = self.hparams
         q_values = self.policy_net(obs)  # [B, n_actions]
         with torch.no_grad():
             next_q_target = self.target_net(next_obs)  # [B, n_actions]
             next_q_online = self.policy_net(next_obs) if hp.double_dqn else None
-        targets = td_targets(rewards, next_q_target, terminated, hp.gamma, next_q_online, steps)  # [B]
+        targets = td_targets(rewards, next_q_target, terminated, hp.gamma, next_q_online, steps, next_mask)  # [B]
         loss = td_loss(q_values, actions, targets, weights)
         self._loss_finite.logical_and_(torch.isfinite(loss))  # read on logging steps and before saves
 

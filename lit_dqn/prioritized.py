@@ -117,9 +117,17 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         obs_dtype: torch.dtype = torch.float32,
         alpha: float = 0.6,
         eps: float = 1e-6,
+        action_mask_size: int | None = None,
     ) -> None:
         super().__init__(
-            capacity, obs_shape, device=device, seed=seed, n_step=n_step, num_envs=num_envs, obs_dtype=obs_dtype
+            capacity,
+            obs_shape,
+            device=device,
+            seed=seed,
+            n_step=n_step,
+            num_envs=num_envs,
+            obs_dtype=obs_dtype,
+            action_mask_size=action_mask_size,
         )
         self.alpha = alpha
         self.eps = eps

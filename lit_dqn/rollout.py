@@ -9,11 +9,13 @@ import numpy as np
 import torch
 
 from lit_dqn.buffer import ReplayBuffer
+from lit_dqn.envs import ActionMasks
 
-# ε-greedy policy: (observations [N, obs_dim], env steps so far, exploration RNG) -> (actions [N], ε used)
-ExplorationPolicy = Callable[[np.ndarray, int, np.random.Generator], tuple[np.ndarray, float]]
-# Greedy policy: observations [N, obs_dim] -> actions [N]
-GreedyPolicy = Callable[[np.ndarray], np.ndarray]
+# ε-greedy policy: (observations [N, obs_dim], env steps so far, exploration RNG, valid actions
+# [N, n_actions] or None) -> (actions [N], ε used)
+ExplorationPolicy = Callable[[np.ndarray, int, np.random.Generator, np.ndarray | None], tuple[np.ndarray, float]]
+# Greedy policy: (observations [N, obs_dim], valid actions [N, n_actions] or None) -> actions [N]
+GreedyPolicy = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
 
 
 class EnvRunner:
@@ -22,14 +24,21 @@ class EnvRunner:
     Gymnasium's vector envs reset a finished sub-env on its *next* step (``AutoresetMode.NEXT_STEP``):
     that step ignores the action and returns the first observation of a new episode, so it is not a
     transition and is never stored. ``env_steps`` counts stored transitions only.
+
+    With ``masks``, the policy is told which actions are valid in each observation, and every
+    stored transition keeps the valid actions of its ``next_obs``.
     """
 
-    def __init__(self, envs: gym.vector.VectorEnv, buffer: ReplayBuffer, seed: int) -> None:
+    def __init__(
+        self, envs: gym.vector.VectorEnv, buffer: ReplayBuffer, seed: int, masks: ActionMasks | None = None
+    ) -> None:
         self.envs = envs
         self.buffer = buffer
+        self.masks = masks
         env_seed, action_seed = np.random.SeedSequence(seed).generate_state(2)
         self.rng = np.random.default_rng(int(action_seed))
-        self.obs, _ = envs.reset(seed=int(env_seed))
+        self.obs, infos = envs.reset(seed=int(env_seed))
+        self.mask = masks.of_vector(envs, infos) if masks is not None else None  # [N, n_actions] valid now
         n = envs.num_envs
         self.autoreset = np.zeros(n, dtype=bool)  # sub-envs whose next step is a reset
         self.episode_return = np.zeros(n, dtype=np.float64)
@@ -47,10 +56,14 @@ class EnvRunner:
         if self.autoreset.all():  # every action would be ignored: no need to ask the policy
             actions = np.zeros(self.num_envs, dtype=np.int64)
         else:
-            actions, self.epsilon = policy(self.obs, self.env_steps, self.rng)
-        next_obs, rewards, terminated, truncated, _ = self.envs.step(actions)
+            actions, self.epsilon = policy(self.obs, self.env_steps, self.rng, self.mask)
+        next_obs, rewards, terminated, truncated, infos = self.envs.step(actions)
         real = ~self.autoreset
         ended = terminated | truncated
+        masked = {}
+        if self.masks is not None:
+            self.mask = self.masks.of_vector(self.envs, infos)  # of next_obs (a reset's first, after an autoreset)
+            masked["next_masks"] = self.mask[real]
         self.buffer.push(
             self.obs[real],
             actions[real],
@@ -59,6 +72,7 @@ class EnvRunner:
             terminated[real],
             env_ids=np.flatnonzero(real),
             continues=~ended[real],
+            **masked,
         )
         self.env_steps += int(real.sum())
         self.episode_return += np.where(real, rewards, 0.0)
@@ -98,7 +112,9 @@ class EnvRunner:
             self.envs.set_attr("emulator_state", emulators)
         if state["env_rngs"] is not None and _env_rngs(self.envs) is not None:
             self.envs.set_attr("np_random", [_generator(s) for s in state["env_rngs"]])
-            self.obs, _ = self.envs.reset()
+            self.obs, infos = self.envs.reset()
+            if self.masks is not None:
+                self.mask = self.masks.of_vector(self.envs, infos)
         self.autoreset[:] = False
         self.episode_return[:] = 0.0
         self.episode_length[:] = 0
@@ -130,18 +146,21 @@ def _generator(state: dict[str, Any]) -> np.random.Generator:
     return np.random.Generator(bit_generator)
 
 
-def evaluate(envs: gym.vector.VectorEnv, policy: GreedyPolicy, seed: int) -> np.ndarray:
+def evaluate(
+    envs: gym.vector.VectorEnv, policy: GreedyPolicy, seed: int, masks: ActionMasks | None = None
+) -> np.ndarray:
     """Run one episode in each sub-env with ``policy``; return the episode returns ``[num_envs]``.
 
     All episodes run side by side, so evaluating N episodes costs the longest episode's length in
     batched policy calls rather than the sum of all lengths. Steps after a sub-env's first episode
-    ended are ignored.
+    ended are ignored. With ``masks`` the policy picks among each observation's valid actions.
     """
-    obs, _ = envs.reset(seed=seed)
+    obs, infos = envs.reset(seed=seed)
     returns = np.zeros(envs.num_envs, dtype=np.float64)
     done = np.zeros(envs.num_envs, dtype=bool)
     while not done.all():
-        obs, rewards, terminated, truncated, _ = envs.step(policy(obs))
+        mask = masks.of_vector(envs, infos) if masks is not None else None
+        obs, rewards, terminated, truncated, infos = envs.step(policy(obs, mask))
         returns += np.where(done, 0.0, rewards)
         done |= terminated | truncated
     return returns

@@ -132,19 +132,22 @@ def record_episodes(
     """Play ``episodes`` episodes with ``policy`` from env seeds ``seed, seed + 1, ...``, one video each,
     each cut after ``max_steps`` steps.
 
-    ``policy`` maps observations ``[1, *obs_shape]`` to actions ``[1]``. Returns the recordings and
+    ``policy`` maps observations ``[1, *obs_shape]`` (and, with action masks, the valid actions
+    ``[1, n_actions]``) to actions ``[1]``. Returns the recordings and
     the first episode's frames at half size ``[T, H/2, W/2, 3]``, for TensorBoard.
     """
     env = make_render_env(spec)
+    masks = spec.masks()
     fps = fps or env.metadata.get("render_fps") or 30
     folder.mkdir(parents=True, exist_ok=True)
     recordings, preview = [], np.zeros((0, 0, 0, 3), dtype=np.uint8)
     try:
         for episode in range(episodes):
-            obs, _ = env.reset(seed=seed + episode)
+            obs, info = env.reset(seed=seed + episode)
             episode_return, length, done = 0.0, 0, False
             while not done and length < max_steps:
-                obs, reward, terminated, truncated, _ = env.step(policy(obs[None])[0])
+                action = policy(obs[None]) if masks is None else policy(obs[None], masks.of_env(env, info))
+                obs, reward, terminated, truncated, info = env.step(action[0])
                 episode_return += float(reward)
                 length += 1
                 done = terminated or truncated
@@ -184,11 +187,14 @@ def greedy_policy(q_net: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
     """argmax_a Q(s, a) on the CPU, for single observations as the recorder passes them."""
 
     @torch.inference_mode()
-    def policy(obs: np.ndarray) -> np.ndarray:
+    def policy(obs: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         obs_t = torch.as_tensor(obs)
         if obs_t.dtype not in (torch.uint8, torch.bool):  # frames stay compact, as in training
             obs_t = obs_t.float()
-        return q_net(obs_t).argmax(dim=1).numpy()
+        q_values = q_net(obs_t)  # [N, n_actions]
+        if mask is not None:  # the valid actions only, as in training
+            q_values = q_values.masked_fill(~torch.as_tensor(mask), -torch.inf)
+        return q_values.argmax(dim=1).numpy()
 
     return policy
 

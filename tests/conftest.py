@@ -104,3 +104,17 @@ def record_td_losses(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
     monkeypatch.setattr(lit_dqn.module, "td_loss", recorded)
     return losses
+
+
+def quick_trainer(root: Path, max_steps: int, **kwargs) -> L.Trainer:
+    """A CPU Trainer for ``max_steps`` updates with no logger, bar or summary: for in-process fits."""
+    return L.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        default_root_dir=root,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **kwargs,
+    )

@@ -91,6 +91,54 @@ class Counting(gym.Wrapper):
         return obs, float(reward) + self.bonus, terminated, truncated, info
 
 
+class Strict(gym.Env):
+    """Four actions, a random non-empty half of them valid at each step, in ``info["action_mask"]``;
+    an invalid action raises, so any path that ignores the mask (exploring, acting greedily,
+    evaluating, recording) ends the test. The observation shows the mask; the reward is 1 for the
+    highest valid action."""
+
+    observation_space = gym.spaces.Box(0.0, 1.0, shape=(4,), dtype=np.float32)
+    action_space = gym.spaces.Discrete(4)
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 4}
+
+    def __init__(self, render_mode: str | None = None) -> None:
+        self.render_mode = render_mode
+
+    def render(self) -> np.ndarray:
+        """The mask as four cells, lit where valid: ``[4, 16, 3]`` uint8."""
+        cells = self._mask.astype(np.uint8)[None, :, None] * np.uint8(255)  # [1, 4, 1]
+        return cells.repeat(4, axis=0).repeat(4, axis=1).repeat(3, axis=2)
+
+    def _next(self) -> tuple[np.ndarray, dict]:
+        self._mask = np.zeros(4, dtype=np.int8)
+        self._mask[self.np_random.choice(4, size=2, replace=False)] = 1
+        return self._mask.astype(np.float32), self._info(self._mask)
+
+    def _info(self, mask: np.ndarray) -> dict:
+        return {"action_mask": mask}
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        return self._next()
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        if not self._mask[int(action)]:
+            raise ValueError(f"action {action} is not valid here (mask {self._mask})")
+        reward = float(int(action) == int(np.flatnonzero(self._mask)[-1]))
+        obs, info = self._next()
+        return obs, reward, False, False, info
+
+
+class StrictMethod(Strict):
+    """``Strict`` with sb3-contrib's convention: an ``action_masks()`` method, nothing in the info."""
+
+    def _info(self, mask: np.ndarray) -> dict:
+        return {}
+
+    def action_masks(self) -> np.ndarray:
+        return self._mask.astype(bool)
+
+
 def same_step_vector_env(num_envs: int, **kwargs: Any) -> gym.vector.VectorEnv:
     """A batched implementation that resets finished sub-envs in the same step (``SAME_STEP``)."""
     return gym.vector.SyncVectorEnv(
@@ -101,6 +149,8 @@ def same_step_vector_env(num_envs: int, **kwargs: Any) -> gym.vector.VectorEnv:
 gym.register("Shifted-v0", entry_point=Shifted, max_episode_steps=20)
 gym.register("Bytes-v0", entry_point=Bytes, max_episode_steps=20)
 gym.register("Parts-v0", entry_point=Parts, max_episode_steps=20)
+gym.register("Strict-v0", entry_point=Strict, max_episode_steps=20)
+gym.register("StrictMethod-v0", entry_point=StrictMethod, max_episode_steps=20)
 gym.register("Grid-v0", entry_point=Grid, max_episode_steps=20)
 gym.register(
     "SameStep-v0",

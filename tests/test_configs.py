@@ -12,6 +12,11 @@ from lit_dqn.envs import register_family
 from .conftest import ROOT, make_cli, skip_without_extra
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+# Envs whose reward_threshold is above what their validation seeds allow, with the reason.
+UNREACHABLE_THRESHOLD = {
+    # value iteration on Taxi's table: the optimum is 8.00 on the validation seeds, 7.91 over all starts
+    "Taxi-v4": 8.0,
+}
 TINY = [
     "--trainer.max_steps=150",
     "--data.warmup_steps=256",
@@ -52,5 +57,8 @@ def test_config_stops_above_its_env_threshold(config: Path) -> None:
     threshold = gym.spec(env_id).reward_threshold
     if threshold is None:  # Atari registers none: Pong's 20 is of the 21 a game allows
         assert stop["stopping_threshold"] < 21
+    elif env_id in UNREACHABLE_THRESHOLD:  # stop at the best the validation seeds allow
+        optimum = UNREACHABLE_THRESHOLD[env_id]
+        assert optimum - 0.05 < stop["stopping_threshold"] < optimum  # EarlyStopping stops strictly above it
     else:
         assert stop["stopping_threshold"] > threshold  # e.g. 495 for CartPole-v1's 475

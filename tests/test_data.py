@@ -10,8 +10,12 @@ from lit_dqn.buffer import Transitions
 from lit_dqn.data import ReplayBatch, ReplayDataset
 from lit_dqn.rollout import EnvRunner, evaluate
 
+from .conftest import quick_trainer
 
-def random_policy(obs: np.ndarray, env_step: int, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+
+def random_policy(
+    obs: np.ndarray, env_step: int, rng: np.random.Generator, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, float]:
     return rng.integers(2, size=obs.shape[0]), 1.0
 
 
@@ -113,7 +117,7 @@ def test_runner_is_reproducible_from_its_seed() -> None:
 
 def test_evaluate_runs_one_episode_per_env() -> None:
     envs = gym.make_vec("CartPole-v1", num_envs=10)
-    always_left = lambda obs: np.zeros(obs.shape[0], dtype=np.int64)  # noqa: E731
+    always_left = lambda obs, mask: np.zeros(obs.shape[0], dtype=np.int64)  # noqa: E731
     returns = evaluate(envs, always_left, seed=123)
     assert returns.shape == (10,)
     assert (returns >= 8).all() and (returns <= 12).all()  # pushing one way falls in ~9-10 steps
@@ -201,17 +205,7 @@ def test_each_batch_is_collected_with_the_latest_weights(tmp_path) -> None:
 
     data = GymDataModule(batch_size=8, warmup_steps=16, eval_episodes=2, seed=0)
     check = Check()
-    trainer = L.Trainer(
-        max_steps=20,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        callbacks=[check],
-    )
+    trainer = quick_trainer(tmp_path, 20, enable_checkpointing=False, limit_val_batches=0, callbacks=[check])
     trainer.fit(DQN(obs_dim=4, n_actions=2), datamodule=data)
     assert check.updates_seen == [0] * 20  # batch k was drawn just before update k, none ahead
     assert trainer.global_step == 20 == trainer.fit_loop.epoch_loop.batch_progress.total.completed

@@ -19,23 +19,10 @@ from lit_dqn.cli import DQNCLI
 from lit_dqn.envs import EnvSpec
 
 from . import own_envs
-from .conftest import ROOT, make_cli, run_cli, skip_without_extra
+from .conftest import ROOT, make_cli, quick_trainer, run_cli, skip_without_extra
 
 CAP = 12  # steps per episode that env_kwargs set on CartPole below
 BONUS = {"class_path": "tests.own_envs.Counting", "init_args": {"bonus": 1.0}}  # +1 per step: returns are 2 x length
-
-
-def quick_trainer(root: Path, max_steps: int, **kwargs) -> L.Trainer:
-    return L.Trainer(
-        max_steps=max_steps,
-        accelerator="cpu",
-        default_root_dir=root,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        **kwargs,
-    )
 
 
 def fit_briefly(data: GymDataModule, root: Path, max_steps: int = 100, **model_kwargs) -> DQN:
@@ -211,3 +198,13 @@ def test_a_vector_env_that_autoresets_in_the_same_step_is_refused() -> None:
     # Evaluation takes the batched implementation only where it resets on the next step; else copies.
     envs = EnvSpec("tests.own_envs:SameStep-v0").make_vec(2)
     assert isinstance(envs, gym.vector.SyncVectorEnv) and envs.metadata["autoreset_mode"].value == "NextStep"
+
+
+def test_the_readme_example_env_trains_and_solves(tmp_path) -> None:
+    """``examples/gridworld.yaml`` as the README runs it: a user's env module (``examples.gridworld``,
+    imported by Gymnasium from the repository root), its kwargs and its action mask."""
+    cli, _ = make_cli(tmp_path, "--trainer.max_steps=2000", config=ROOT / "examples/gridworld.yaml")
+    assert cli.datamodule.env_spec.masks().source == "info" and cli.datamodule.obs_dim == 8 * 8  # one-hot cells
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert float(cli.trainer.callback_metrics["val/return_mean"]) == 1.0  # every greedy episode reaches the goal
+    assert cli.trainer.global_step < 2000  # EarlyStopping: solved, not out of updates
