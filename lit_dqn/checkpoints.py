@@ -107,7 +107,31 @@ def report_changed_hyperparameters(checkpoint: dict[str, Any], model: torch.nn.M
         )
 
 
-def latest_last_checkpoint(log_root: Path) -> Path | None:
-    """The most recently written ``last.ckpt`` under ``log_root`` (e.g. ``lightning_logs/version_*/``)."""
-    candidates = list(log_root.glob("version_*/checkpoints/last.ckpt"))
-    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+def latest_last_checkpoint(log_root: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The most recently written readable ``last.ckpt`` under ``log_root`` (``version_*/checkpoints/``)
+    and its contents. A newer one that cannot be read (cut short by a full disk, say) is skipped,
+    with one line saying so."""
+    candidates = sorted(log_root.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in candidates:
+        try:
+            return path, read_checkpoint(path)
+        except ConfigError as error:
+            print(f"Skipping {path}: {error}", file=sys.stderr)
+    return None
+
+
+def checkpoint_in(path: Path) -> Path:
+    """The file ``--ckpt_path`` names: a file as it is; for a directory (a run, or its ``checkpoints/``)
+    its ``last.ckpt``, else its newest ``.ckpt``; a directory with none is one line."""
+    if not path.is_dir():
+        return path
+    for folder in (path, path / "checkpoints"):
+        if (folder / "last.ckpt").is_file():
+            return folder / "last.ckpt"
+    found = [*path.glob("*.ckpt"), *path.glob("checkpoints/*.ckpt")]
+    if not found:
+        raise ConfigError(
+            f"ckpt_path={str(path)!r} is a directory with no .ckpt file in it or in its checkpoints/: "
+            "give a checkpoint file, a run directory, or 'last'"
+        )
+    return max(found, key=lambda p: p.stat().st_mtime)

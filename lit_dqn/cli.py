@@ -1,6 +1,7 @@
 """The ``python -m lit_dqn`` command line: Lightning's CLI over ``DQN`` and ``GymDataModule``."""
 
 import inspect
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -16,6 +17,7 @@ from lit_dqn.callbacks import GracefulStop
 from lit_dqn.checkpoints import (
     AtomicCheckpointIO,
     check_checkpoint_fits,
+    checkpoint_in,
     latest_last_checkpoint,
     read_checkpoint,
     report_changed_hyperparameters,
@@ -27,6 +29,8 @@ from lit_dqn.video import record_checkpoint
 
 # Named checkpoints Lightning resolves itself from the current run's ModelCheckpoint.
 _LIGHTNING_CKPT_NAMES = {"best", "hpc", "registry"}
+# ``validate`` and ``test`` score a checkpoint; this name says the untrained network is meant.
+UNTRAINED = "untrained"
 
 
 def _root_or_cwd(default_root_dir: str | None) -> str:
@@ -67,7 +71,11 @@ class DQNCLI(LightningCLI):
         self._checkpoint: tuple[str | None, dict | None] = (None, None)
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt_path is not None and ckpt_path not in {"last", *_LIGHTNING_CKPT_NAMES}:
+        if ckpt_path is not None and ckpt_path not in {"last", UNTRAINED, *_LIGHTNING_CKPT_NAMES}:
+            found = str(checkpoint_in(Path(ckpt_path)))
+            if found != ckpt_path:
+                print(f"Using {found}", file=sys.stderr)
+                self.config[subcommand]["ckpt_path"] = ckpt_path = found
             self._checkpoint = (ckpt_path, read_checkpoint(ckpt_path))  # checked for fit once the model exists
 
     def _parse_ckpt_path(self) -> None:
@@ -111,6 +119,7 @@ class DQNCLI(LightningCLI):
             trainer = super().instantiate_trainer(**kwargs)
         except (ValueError, MisconfigurationException) as error:  # e.g. an accelerator this machine lacks
             raise ConfigError(f"trainer: {str(error).strip().splitlines()[0]}") from None
+        _check_writable(Path(trainer.default_root_dir))
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # keep a plugin the user chose
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         trainer.callbacks.append(GracefulStop())
@@ -132,24 +141,49 @@ class DQNCLI(LightningCLI):
         there is none yet, and would silently start from scratch.
         """
         ckpt_path = self.config_init[subcommand].get("ckpt_path")
+        if ckpt_path is None and subcommand != "fit":
+            raise ConfigError(
+                f"{subcommand} scores a trained network: give --ckpt_path (a .ckpt file, a run directory, or "
+                f"'last'), or --ckpt_path {UNTRAINED} to score the untrained one on purpose"
+            )
+        if ckpt_path == UNTRAINED and subcommand != "fit":
+            self.config_init[subcommand]["ckpt_path"] = None
+            print(f"Scoring the untrained network (--ckpt_path {UNTRAINED})", file=sys.stderr)
+            return
         if ckpt_path is None or ckpt_path in _LIGHTNING_CKPT_NAMES:
             return
+        cached_path, checkpoint = self._checkpoint
         if ckpt_path == "last":
             logger = self.trainer.logger
             root = Path(logger.root_dir) if logger is not None else Path(self.trainer.default_root_dir)
             found = latest_last_checkpoint(root)
             if found is None:
-                raise ConfigError(f"ckpt_path='last' found no {root}/version_*/checkpoints/last.ckpt to resume from")
-            ckpt_path = str(found)
+                raise ConfigError(f"ckpt_path='last' found no readable {root}/version_*/checkpoints/last.ckpt")
+            path, checkpoint = found
+            ckpt_path = cached_path = str(path)
             self.config_init[subcommand]["ckpt_path"] = ckpt_path
             print(f"Resuming from {ckpt_path}", file=sys.stderr)
-        cached_path, checkpoint = self._checkpoint
-        if cached_path != ckpt_path:  # 'last', resolved just above
+        if cached_path != ckpt_path:
             checkpoint = read_checkpoint(ckpt_path)
         self._checkpoint = (None, None)  # no need to hold it while training
         check_checkpoint_fits(checkpoint, self.model, ckpt_path)
         if subcommand == "fit":
             report_changed_hyperparameters(checkpoint, self.model, ckpt_path)
+
+
+def _check_writable(root: Path) -> None:
+    """Logs and checkpoints go under ``root``: one that cannot be written is one line now, not a
+    traceback at the first save."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".lit_dqn_write_check_{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(
+            f"trainer.default_root_dir={str(root)!r} cannot be written ({error.strerror or error}): "
+            "logs and checkpoints go there; give a writable directory"
+        ) from None
 
 
 # Keys that configs of earlier versions set, and what a user does instead: the parse error names them.

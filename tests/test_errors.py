@@ -42,6 +42,8 @@ BAD_INPUTS = [
     ),
     (["--trainer.accelerator=tpux"], ["trainer:", "accelerator", "cpu"]),
     (["--ckpt_path=missing.ckpt"], ["ckpt_path='missing.ckpt' does not exist"]),
+    (["--ckpt_path=lightning_logs/empty"], ["ckpt_path='lightning_logs/empty' is a directory with no .ckpt"]),
+    (["--trainer.default_root_dir=/proc/lit_dqn_runs"], ["trainer.default_root_dir='/proc/lit_dqn_runs' cannot be"]),
     (["--model.target_update_interval=0"], ["model.target_update_interval=0", ">= 1"]),
     (["--model.eps_schedule=cosine"], ['"model.eps_schedule"', "exponential", "linear"]),
     (["--model.eps_fraction=0"], ["model.eps_fraction=0", "(0, 1]"]),
@@ -64,8 +66,10 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
 
 @pytest.fixture
 def run_dir_with_history(fit_run: FitRun, tmp_path: Path) -> Path:
-    """A working directory holding a previous run (events, config, checkpoints) that must survive."""
+    """A working directory holding a previous run (events, config, checkpoints) that must survive,
+    and an empty folder beside it."""
     shutil.copytree(fit_run.cwd / "lightning_logs", tmp_path / "lightning_logs")
+    (tmp_path / "lightning_logs/empty").mkdir()
     return tmp_path
 
 
@@ -122,6 +126,32 @@ def test_checkpoint_of_a_plain_network_into_a_dueling_one_says_so(run_dir_with_h
     args = ["--model.dueling=true", "--ckpt_path", str(ckpt)]
     result = run_cli("fit", "--config", str(CONFIG), *SHORT_FIT, *args, cwd=run_dir_with_history)
     assert_clean_error(result, ["does not fit this model", "dueling=False, the config gives", "dueling=True"])
+
+
+def test_test_and_validate_score_a_checkpoint_or_say_they_mean_the_untrained_net(run_dir_with_history: Path) -> None:
+    for subcommand in ("validate", "test"):  # scoring the untrained network by accident: refused
+        result = run_cli(subcommand, "--config", str(CONFIG), *SHORT_FIT, cwd=run_dir_with_history)
+        assert_clean_error(result, [f"{subcommand} scores a trained network", "--ckpt_path untrained"])
+    result = run_cli("test", "--config", str(CONFIG), *SHORT_FIT, "--ckpt_path=untrained", cwd=run_dir_with_history)
+    assert result.returncode == 0 and "Scoring the untrained network" in result.stderr, result.stderr[-2000:]
+    # a run's directory stands for its last.ckpt
+    result = run_cli("test", *SHORT_FIT, "--ckpt_path=lightning_logs/version_0", cwd=run_dir_with_history)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (
+        "Using lightning_logs/version_0/checkpoints/last.ckpt" in result.stderr and "test/return_mean" in result.stdout
+    )
+
+
+def test_resume_last_skips_a_newest_last_ckpt_that_cannot_be_read(run_dir_with_history: Path) -> None:
+    good = run_dir_with_history / "lightning_logs/version_0/checkpoints/last.ckpt"
+    cut = run_dir_with_history / "lightning_logs/version_1/checkpoints/last.ckpt"  # newer, cut short by a full disk
+    cut.parent.mkdir(parents=True)
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    args = [*SHORT_FIT, "--trainer.max_steps=620", "--trainer.enable_progress_bar=false", "--ckpt_path=last"]
+    result = run_cli("fit", "--config", str(CONFIG), *args, cwd=run_dir_with_history)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"Skipping {cut.relative_to(run_dir_with_history)}: ckpt_path=" in result.stderr
+    assert f"Resuming from {good.relative_to(run_dir_with_history)}" in result.stderr
 
 
 def test_resume_last_without_any_run(tmp_path: Path) -> None:
