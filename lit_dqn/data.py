@@ -120,15 +120,21 @@ class EvaluationDataset(IterableDataset):
     """
 
     def __init__(
-        self, envs: gym.vector.VectorEnv, policy: GreedyPolicy, seed: int, masks: ActionMasks | None = None
+        self,
+        envs: gym.vector.VectorEnv,
+        policy: GreedyPolicy,
+        seed: int,
+        masks: ActionMasks | None = None,
+        max_steps: int | None = None,
     ) -> None:
         self.envs = envs
         self.policy = policy
         self.seed = seed
         self.masks = masks
+        self.max_steps = max_steps
 
     def __iter__(self) -> Iterator[Tensor]:
-        returns = evaluate(self.envs, self.policy, self.seed, self.masks)
+        returns = evaluate(self.envs, self.policy, self.seed, self.masks, self.max_steps)
         yield torch.as_tensor(returns, dtype=torch.float32)
 
 
@@ -365,7 +371,8 @@ class GymDataModule(L.LightningDataModule):
             # ``vectorization_mode=None`` picks the env's batched implementation when it has one.
             self._eval_envs[stage] = self.env_spec.make_vec(count)
         policy = self.trainer.lightning_module.greedy_actions
-        dataset = EvaluationDataset(self._eval_envs[stage], policy, seed + offset, self.env_spec.masks())
+        spec = self.env_spec
+        dataset = EvaluationDataset(self._eval_envs[stage], policy, seed + offset, spec.masks(), spec.eval_step_cap)
         return DataLoader(dataset, batch_size=None, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:

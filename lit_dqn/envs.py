@@ -29,6 +29,11 @@ EXTRAS = {"box2d": "box2d", "ale_py": "atari", "ALE": "atari", "minatar": "minat
 # grids; Atari's frames are stacked first, (4, 84, 84). Other image envs say so in data.image_layout.
 FAMILY_LAYOUTS: dict[str, ImageLayout] = {"MinAtar/": "channels_last", "ALE/": "channels_first"}
 
+# Steps after which an evaluation episode (validation, test, video) is cut, counted as truncated, where
+# the env's own time limit is longer or absent: a greedy agent that never ends an episode (Breakout's
+# that never presses FIRE) would otherwise play to Atari's 27,000-step limit, or forever.
+EVAL_STEP_CAP = 10_000
+
 # The data module's keys that make an EnvSpec.
 ENV_SPEC_KEYS = ("env_id", "env_kwargs", "wrappers", "image_layout", "action_masks")
 
@@ -179,6 +184,16 @@ class EnvSpec:
             image_layout=hparams.get("image_layout"),
             action_masks=bool(hparams.get("action_masks", False)),
         )
+
+    @property
+    def eval_step_cap(self) -> int:
+        """Steps after which an evaluation episode is cut: the env's time limit (``max_episode_steps``
+        of its registration or of ``env_kwargs``) where it is below ``EVAL_STEP_CAP``, else that."""
+        limit = self.env_kwargs.get("max_episode_steps")
+        if limit is None:
+            registered = gym.registry.get(self.env_id.rpartition(":")[2])
+            limit = registered.max_episode_steps if registered is not None else None
+        return min(int(limit), EVAL_STEP_CAP) if limit else EVAL_STEP_CAP
 
     def _wrapper_factories(self) -> list[Callable[[gym.Env], gym.Env]]:
         """The user's wrappers as ``env -> wrapped env`` callables; an import error is one line."""

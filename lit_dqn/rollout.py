@@ -147,18 +147,25 @@ def _generator(state: dict[str, Any]) -> np.random.Generator:
 
 
 def evaluate(
-    envs: gym.vector.VectorEnv, policy: GreedyPolicy, seed: int, masks: ActionMasks | None = None
+    envs: gym.vector.VectorEnv,
+    policy: GreedyPolicy,
+    seed: int,
+    masks: ActionMasks | None = None,
+    max_steps: int | None = None,
 ) -> np.ndarray:
     """Run one episode in each sub-env with ``policy``; return the episode returns ``[num_envs]``.
 
     All episodes run side by side, so evaluating N episodes costs the longest episode's length in
     batched policy calls rather than the sum of all lengths. Steps after a sub-env's first episode
-    ended are ignored. With ``masks`` the policy picks among each observation's valid actions.
+    ended are ignored. With ``masks`` the policy picks among each observation's valid actions. An
+    episode still going after ``max_steps`` steps is cut there (truncated): its return so far counts.
     """
     obs, infos = envs.reset(seed=seed)
     returns = np.zeros(envs.num_envs, dtype=np.float64)
     done = np.zeros(envs.num_envs, dtype=bool)
-    while not done.all():
+    steps = 0
+    while not done.all() and (max_steps is None or steps < max_steps):
+        steps += 1
         mask = masks.of_vector(envs, infos) if masks is not None else None
         obs, rewards, terminated, truncated, infos = envs.step(policy(obs, mask))
         returns += np.where(done, 0.0, rewards)

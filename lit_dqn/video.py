@@ -23,7 +23,7 @@ from PIL import Image
 
 from lit_dqn.checkpoints import read_checkpoint
 from lit_dqn.checks import ConfigError
-from lit_dqn.envs import EnvSpec
+from lit_dqn.envs import EVAL_STEP_CAP, EnvSpec
 from lit_dqn.module import DQN
 
 VIDEO_EXTRA = 'pip install "lit-dqn[video]"'
@@ -115,9 +115,9 @@ def encode_gif(frames: Sequence[np.ndarray], fps: float) -> bytes:
     return buffer.getvalue()
 
 
-# Steps a recorded episode may last: a stuck agent (Breakout's that never presses FIRE) would
-# otherwise play to Atari's 27,000-step limit, holding every frame in memory (2.7 GB).
-MAX_VIDEO_STEPS = 10_000
+# Steps a recorded episode may last, as for evaluation: a stuck agent (Breakout's that never presses
+# FIRE) would otherwise play to Atari's 27,000-step limit, holding every frame in memory (2.7 GB).
+MAX_VIDEO_STEPS = EVAL_STEP_CAP
 
 
 def record_episodes(

@@ -139,6 +139,20 @@ class StrictMethod(Strict):
         return self._mask.astype(bool)
 
 
+class Endless(gym.Env):
+    """An episode that never ends, and no time limit: reward 1 per step, whatever the action."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        return np.zeros(2, dtype=np.float32), {}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        return np.zeros(2, dtype=np.float32), 1.0, False, False, {}
+
+
 def same_step_vector_env(num_envs: int, **kwargs: Any) -> gym.vector.VectorEnv:
     """A batched implementation that resets finished sub-envs in the same step (``SAME_STEP``)."""
     return gym.vector.SyncVectorEnv(
@@ -151,6 +165,7 @@ gym.register("Bytes-v0", entry_point=Bytes, max_episode_steps=20)
 gym.register("Parts-v0", entry_point=Parts, max_episode_steps=20)
 gym.register("Strict-v0", entry_point=Strict, max_episode_steps=20)
 gym.register("StrictMethod-v0", entry_point=StrictMethod, max_episode_steps=20)
+gym.register("Endless-v0", entry_point=Endless)  # no max_episode_steps
 gym.register("Grid-v0", entry_point=Grid, max_episode_steps=20)
 gym.register(
     "SameStep-v0",

@@ -16,7 +16,7 @@ import torch
 from lit_dqn import DQN, GymDataModule
 from lit_dqn.checks import ConfigError
 from lit_dqn.cli import DQNCLI
-from lit_dqn.envs import EnvSpec
+from lit_dqn.envs import EVAL_STEP_CAP, EnvSpec
 
 from . import own_envs
 from .conftest import ROOT, make_cli, quick_trainer, run_cli, skip_without_extra
@@ -208,3 +208,18 @@ def test_the_readme_example_env_trains_and_solves(tmp_path) -> None:
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert float(cli.trainer.callback_metrics["val/return_mean"]) == 1.0  # every greedy episode reaches the goal
     assert cli.trainer.global_step < 2000  # EarlyStopping: solved, not out of updates
+
+
+@pytest.mark.parametrize(("env_kwargs", "cap"), [({}, EVAL_STEP_CAP), ({"max_episode_steps": 30}, 30)])
+def test_evaluation_episodes_are_cut_at_the_env_s_time_limit_or_the_cap(env_kwargs: dict, cap: int, tmp_path) -> None:
+    """An env that never ends an episode: validation would never return. It stops at the env's own
+    time limit where it has one, else after ``EVAL_STEP_CAP`` steps, the episode counted as it went."""
+    data = GymDataModule(
+        "tests.own_envs:Endless-v0", env_kwargs=env_kwargs, batch_size=8, warmup_steps=16, eval_episodes=2, seed=0
+    )
+    assert data.env_spec.eval_step_cap == cap
+    model = DQN(data.obs_dim, data.n_actions, hidden_sizes=[8])
+    quick_trainer(tmp_path, 10, val_check_interval=10, check_val_every_n_epoch=None, enable_checkpointing=False).fit(
+        model, datamodule=data
+    )
+    assert float(model.trainer.callback_metrics["val/return_mean"]) == cap  # reward 1 per step, cut at the cap
