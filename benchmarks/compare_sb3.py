@@ -128,6 +128,7 @@ def sb3_seed(job: tuple[str, int, float, int | None, int, int, int]) -> dict:
     from stable_baselines3 import DQN
     from stable_baselines3.common.monitor import Monitor
 
+    from lit_dqn.envs import EnvSpec
     from lit_dqn.rollout import evaluate
 
     hyperparams = dict(RL_ZOO3_DQN[env_id])
@@ -144,7 +145,7 @@ def sb3_seed(job: tuple[str, int, float, int | None, int, int, int]) -> dict:
     def greedy(obs: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         return model.predict(obs, deterministic=True)[0]
 
-    envs = gym.make_vec(env_id, num_envs=test_episodes)  # the call GymDataModule makes for its test episodes
+    envs = EnvSpec(env_id).make_eval_vec(test_episodes)  # what GymDataModule plays its test episodes in
     test_mean = float(evaluate(envs, greedy, seed=test_seed).mean())
     envs.close()
     return {
@@ -172,7 +173,7 @@ def lit_test_episodes(env_id: str, config: str, extra: list[str]) -> tuple[int, 
         hparams = build_cli(config, root, "cpu", extra).datamodule.hparams
     if hparams.env_id != env_id:
         sys.exit(f"{config} trains {hparams.env_id}, not {env_id}; pass --config {env_id}=PATH")
-    return hparams.eval_episodes, hparams.test_seed
+    return hparams.test_episodes or hparams.eval_episodes, hparams.test_seed
 
 
 def compare_env(env_id: str, config: str, threshold: float, args: argparse.Namespace) -> None:

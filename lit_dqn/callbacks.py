@@ -10,6 +10,7 @@ import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 from lit_dqn.distributed import world
+from lit_dqn.rollout import STOP_SIGNALS, StopRequested, clear_stop, request_stop
 
 
 class EpisodeProgressBar(TQDMProgressBar):
@@ -34,14 +35,17 @@ class EpisodeProgressBar(TQDMProgressBar):
 
 
 class GracefulStop(L.Callback):
-    """Ctrl-C (SIGINT) or SIGTERM ends training after the current update, and ``last.ckpt`` always
-    holds the state training ended in (signal, ``max_steps``, ``max_episodes`` or early stopping).
+    """Ctrl-C (SIGINT) or SIGTERM ends training within seconds, and ``last.ckpt`` always holds the
+    state training ended in (signal, ``max_steps``, ``max_episodes`` or early stopping).
 
-    The signal only sets ``trainer.should_stop``, so the update in progress finishes and the saved
-    state is consistent (buffer, counters, optimizer and target network all after the same update).
-    With several ranks (DDP) the request waits for the next training step's start, where the module
-    shares it with every rank, so all stop after the same update. A second Ctrl-C interrupts at
-    once, as usual. ``signum`` tells the CLI which signal ended the run.
+    A signal during an update sets ``trainer.should_stop``: the update finishes and the saved state
+    is consistent (buffer, counters, optimizer and target network all after the same update). One
+    process also requests a stop of env stepping (``rollout.request_stop``), so a long warm-up or an
+    evaluation ends at its next env step with ``StopRequested``; ``on_exception`` then saves the
+    state after the last update (an interrupted validation is replayed when the run resumes). With
+    several ranks (DDP) the request waits for the next training step's start, where the module shares
+    it with every rank, so all stop after the same update. A second Ctrl-C interrupts at once, as
+    usual. ``signum`` tells the CLI which signal ended the run.
     """
 
     def __init__(self) -> None:
@@ -58,7 +62,8 @@ class GracefulStop(L.Callback):
         Lightning registered its own SIGTERM handler, which would end the run without a checkpoint."""
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be installed from the main thread
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        clear_stop()
+        for signum in STOP_SIGNALS:
             self._previous[signum] = signal.signal(signum, self._make_handler(trainer))
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
@@ -71,15 +76,27 @@ class GracefulStop(L.Callback):
             self._requested = True
             alone = world()[1] == 1
             if alone:
-                trainer.should_stop = True  # one process: stop after the update in progress
+                trainer.should_stop = True  # one process: stop after the update in progress ...
+                request_stop(signum)  # ... or at the next env step of a warm-up or evaluation
             signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C interrupts now
-            when = "after this update" if alone else "at the next training step, with every rank"
+            when = "after this update or at the next env step" if alone else "at the next training step, with all ranks"
             print(f"\nReceived {signal.Signals(signum).name}: stopping {when}", file=sys.stderr)
 
         return handler
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore_handlers()
+        self._save_last(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """A stop that interrupted env stepping (warm-up, evaluation) saves what an exact resume needs:
+        the state after the last update, as a stop after that update would have."""
+        stopped_training = isinstance(exception, StopRequested) and bool(self._previous)  # not after training
+        self._restore_handlers()
+        if stopped_training:
+            self._save_last(trainer)
+
+    def _save_last(self, trainer: L.Trainer) -> None:
         checkpoint = trainer.checkpoint_callback
         if checkpoint is None or checkpoint.dirpath is None or not checkpoint.save_last:
             return
@@ -90,10 +107,8 @@ class GracefulStop(L.Callback):
         if self.signum is not None:
             print(f"Saved {path} at step {trainer.global_step}; resume with --ckpt_path last", file=sys.stderr)
 
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self._restore_handlers()
-
     def _restore_handlers(self) -> None:
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
         self._previous.clear()
+        clear_stop()

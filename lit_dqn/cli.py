@@ -25,6 +25,7 @@ from lit_dqn.checkpoints import (
 from lit_dqn.checks import ConfigError
 from lit_dqn.data import GymDataModule
 from lit_dqn.module import DQN, NonFiniteLossError
+from lit_dqn.rollout import StopRequested
 from lit_dqn.video import record_checkpoint
 
 # Named checkpoints Lightning resolves itself from the current run's ModelCheckpoint.
@@ -212,6 +213,9 @@ def record(args: list[str]) -> int:
     except ConfigError as error:
         print(f"lit_dqn record: error: {error}", file=sys.stderr)
         return 2
+    except StopRequested as stop:  # Ctrl-C, SIGTERM: the videos written so far stay
+        print(f"lit_dqn record: {stop}", file=sys.stderr)
+        return 128 + stop.signum
     return 0
 
 
@@ -240,5 +244,8 @@ def main(args: list[str] | None = None) -> int:
     except (ConfigError, NonFiniteLossError) as error:
         print(f"lit_dqn: error: {error}", file=sys.stderr)
         return 2 if isinstance(error, ConfigError) else 1
+    except StopRequested as stop:  # Ctrl-C, SIGTERM during a warm-up, an evaluation or a video (GracefulStop)
+        print(f"lit_dqn: {stop}", file=sys.stderr)
+        return 128 + stop.signum
     stops = [cb for cb in cli.trainer.callbacks if isinstance(cb, GracefulStop) and cb.signum is not None]
     return 128 + stops[0].signum if stops else 0  # the shell's convention for "ended by signal N"

@@ -112,11 +112,25 @@ class ReplayDataset(IterableDataset):
             )
 
 
+# Most env copies one evaluation steps side by side; more episodes are played in rounds of equal size.
+# Memory, not speed, sets it: each copy of Taxi holds its own transition table (about 1 MB), so 2000
+# side by side took 2.3 GB.
+EVAL_ENVS_MAX = 256
+
+
+def eval_rounds(episodes: int) -> tuple[int, int]:
+    """(rounds, env copies per round) that play ``episodes`` episodes with at most ``EVAL_ENVS_MAX``
+    copies; the last round may play a few episodes more than needed, which are not counted."""
+    rounds = math.ceil(episodes / EVAL_ENVS_MAX)
+    return rounds, math.ceil(episodes / rounds)
+
+
 class EvaluationDataset(IterableDataset):
-    """One item: the returns ``[n_episodes]`` of greedy episodes from fixed seeds.
+    """One item: the returns ``[n_episodes]`` of greedy episodes from env seeds ``seed, seed + 1, ...``.
 
     Fixed seeds make every validation run score the policy on the same start states, so scores of
-    different checkpoints are comparable.
+    different checkpoints are comparable. The episodes are played in rounds of ``envs.num_envs``,
+    each episode from its own seed, so the rounds do not change which episodes are played.
     """
 
     def __init__(
@@ -124,18 +138,24 @@ class EvaluationDataset(IterableDataset):
         envs: gym.vector.VectorEnv,
         policy: GreedyPolicy,
         seed: int,
+        episodes: int,
         masks: ActionMasks | None = None,
         max_steps: int | None = None,
     ) -> None:
         self.envs = envs
         self.policy = policy
         self.seed = seed
+        self.episodes = episodes
         self.masks = masks
         self.max_steps = max_steps
 
     def __iter__(self) -> Iterator[Tensor]:
-        returns = evaluate(self.envs, self.policy, self.seed, self.masks, self.max_steps)
-        yield torch.as_tensor(returns, dtype=torch.float32)
+        n = self.envs.num_envs
+        returns = [
+            evaluate(self.envs, self.policy, self.seed + start, self.masks, self.max_steps)[: self.episodes - start]
+            for start in range(0, self.episodes, n)
+        ]
+        yield torch.as_tensor(np.concatenate(returns), dtype=torch.float32)
 
 
 class GymDataModule(L.LightningDataModule):
@@ -172,6 +192,9 @@ class GymDataModule(L.LightningDataModule):
             ``seed_everything`` seed (``torch.initial_seed()``). Under DDP each rank derives its own
             from it and its rank, and owns its envs and buffer (``lit_dqn.distributed``).
         eval_episodes: greedy episodes per validation or test run; under DDP the ranks share them.
+        test_episodes: greedy episodes per test run where it differs; ``None`` plays ``eval_episodes``
+            (Taxi validates on 2000 episodes, which start from all of its start states, and is
+            scored, as Gymnasium's threshold means, on 100).
         val_seed: first env seed of the validation episodes.
         test_seed: first env seed of the test episodes, distinct from validation so a checkpoint
             chosen on validation is tested on start states it was not chosen for.
@@ -205,6 +228,7 @@ class GymDataModule(L.LightningDataModule):
         n_step: int = 1,
         seed: int | None = None,
         eval_episodes: int = 100,
+        test_episodes: int | None = None,
         val_seed: int = 1_000_000,
         test_seed: int = 2_000_000,
         vectorization_mode: Literal["sync", "async", "vector_entry_point"] = "sync",
@@ -226,6 +250,8 @@ class GymDataModule(L.LightningDataModule):
         if n_step > 1:
             check_at_least("data.buffer_capacity", buffer_capacity, "2 * data.num_envs", 2 * num_envs)
         check_interval("data.eval_episodes", eval_episodes, 1, math.inf)
+        if test_episodes is not None:
+            check_interval("data.test_episodes", test_episodes, 1, math.inf)
         check_interval("data.priority_alpha", priority_alpha, 0, 1)
         check_interval("data.priority_beta", priority_beta, 0, 1)
         check_positive("data.priority_eps", priority_eps)
@@ -241,6 +267,7 @@ class GymDataModule(L.LightningDataModule):
         self.runner: EnvRunner | None = None
         self.dataset: ReplayDataset | None = None
         self._resume_state: dict[str, Any] | None = None
+        self._beta_max_steps = 0  # updates over which β reaches 1 (_beta_schedule)
         self._eval_envs: dict[str, gym.vector.VectorEnv] = {}
         self._fit_warnings = contextlib.ExitStack()  # the warning filters of a fit in progress (setup)
 
@@ -278,13 +305,15 @@ class GymDataModule(L.LightningDataModule):
 
     def _beta_schedule(self) -> Callable[[], float] | None:
         """β of prioritized replay for the next update: linear in the updates done (``trainer.global_step``,
-        which a resume restores), from ``priority_beta`` to 1 at ``trainer.max_steps``."""
+        which a resume restores), from ``priority_beta`` to 1 at the ``trainer.max_steps`` the run
+        started with (``_beta_max_steps``; a resume keeps the checkpoint's)."""
         hp = self.hparams
         if not hp.prioritized:
             return None
         trainer, start = self.trainer, hp.priority_beta
         check_max_steps_for("data.prioritized", "true", trainer.max_steps)
-        return lambda: min(1.0, start + (1.0 - start) * trainer.global_step / trainer.max_steps)
+        self._beta_max_steps = trainer.max_steps
+        return lambda: min(1.0, start + (1.0 - start) * trainer.global_step / self._beta_max_steps)
 
     def _make_dataset(self) -> ReplayDataset:
         hp = self.hparams
@@ -357,29 +386,32 @@ class GymDataModule(L.LightningDataModule):
             return batch
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
-    def _eval_dataloader(self, stage: str, seed: int) -> DataLoader:
-        """Greedy episodes from env seeds ``seed, seed + 1, ...``; with several ranks each plays its
-        share of them (``distributed.episode_share``), and the module reduces the returns."""
+    def _eval_dataloader(self, stage: str, seed: int, key: str) -> DataLoader:
+        """Greedy episodes from env seeds ``seed, seed + 1, ...``, as many as ``data.<key>`` says; with
+        several ranks each plays its share of them (``distributed.episode_share``), and the module
+        reduces the returns."""
+        episodes = self.hparams[key]
         rank, world_size = world()
-        offset, count = episode_share(self.hparams.eval_episodes, rank, world_size)
+        offset, count = episode_share(episodes, rank, world_size)
         if count == 0:
             raise ConfigError(
-                f"data.eval_episodes={self.hparams.eval_episodes} must be at least the number of processes "
+                f"data.{key}={episodes} must be at least the number of processes "
                 f"({world_size}): each plays its share of the evaluation episodes"
             )
-        if stage not in self._eval_envs:
-            # ``vectorization_mode=None`` picks the env's batched implementation when it has one.
-            self._eval_envs[stage] = self.env_spec.make_vec(count)
+        if stage not in self._eval_envs:  # episode k starts from seed + k, wherever it is played
+            self._eval_envs[stage] = self.env_spec.make_eval_vec(eval_rounds(count)[1])
         policy = self.trainer.lightning_module.greedy_actions
         spec = self.env_spec
-        dataset = EvaluationDataset(self._eval_envs[stage], policy, seed + offset, spec.masks(), spec.eval_step_cap)
+        envs = self._eval_envs[stage]
+        dataset = EvaluationDataset(envs, policy, seed + offset, count, spec.masks(), spec.eval_step_cap)
         return DataLoader(dataset, batch_size=None, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:
-        return self._eval_dataloader("val", self.hparams.val_seed)
+        return self._eval_dataloader("val", self.hparams.val_seed, "eval_episodes")
 
     def test_dataloader(self) -> DataLoader:
-        return self._eval_dataloader("test", self.hparams.test_seed)
+        key = "eval_episodes" if self.hparams.get("test_episodes") is None else "test_episodes"
+        return self._eval_dataloader("test", self.hparams.test_seed, key)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything the replay stream needs to continue exactly: buffer, counters and RNG streams.
@@ -391,6 +423,8 @@ class GymDataModule(L.LightningDataModule):
         if self.dataset is None:
             return {}
         state = {"batches": self.dataset.batches, "runner": self.runner.state_dict()}
+        if self.hparams.prioritized:
+            state["beta_max_steps"] = self._beta_max_steps
         if self.hparams.save_replay_buffer:
             state["buffer"] = self.buffer.state_dict()
         if world()[1] == 1:
@@ -416,6 +450,7 @@ class GymDataModule(L.LightningDataModule):
 
     def _restore(self, dataset: ReplayDataset, state: dict[str, Any]) -> None:
         self.runner.load_state_dict(state["runner"])
+        self._beta_max_steps = state.get("beta_max_steps", self._beta_max_steps)  # the pace the run started with
         if "buffer" in state:
             try:
                 self.buffer.load_state_dict(state["buffer"])

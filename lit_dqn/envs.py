@@ -16,6 +16,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 from gymnasium.wrappers import FlattenObservation
+from lightning.pytorch.utilities import rank_zero_warn
 
 from lit_dqn.atari import atari_pipeline, is_atari
 from lit_dqn.checks import ConfigError
@@ -376,6 +377,24 @@ class EnvSpec:
                 "resets on its next step): use data.vectorization_mode sync or async"
             )
         return envs
+
+    def make_eval_vec(self, num_envs: int) -> gym.vector.VectorEnv:
+        """``num_envs`` copies of ``make`` stepped in this process, for evaluation episodes.
+
+        A reset with seed ``s`` seeds copy ``i`` with ``s + i``, so an evaluation episode's start
+        state depends on its seed alone: episode ``k`` of ``evaluate(..., seed)`` is the episode
+        ``make().reset(seed=seed + k)`` starts, whatever ``data.eval_episodes`` or the number of DDP
+        ranks, and ``record`` replays it. A batched implementation (CartPole's ``vector_entry_point``)
+        draws every start state from one RNG, so evaluation uses it only for an env that has nothing
+        else, and says what that costs.
+        """
+        if gym.spec(self.env_id.rpartition(":")[2]).entry_point is None:
+            rank_zero_warn(
+                f"{self.env_id} has only a batched vector env: its evaluation episodes' start states depend on "
+                "data.eval_episodes and on the number of processes"
+            )
+            return self.make_vec(num_envs)
+        return self.make_vec(num_envs, vectorization_mode="sync")
 
 
 class _Probe(NamedTuple):

@@ -9,6 +9,7 @@ from typing import Any, Literal
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import Tensor
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
@@ -127,6 +128,7 @@ class DQN(L.LightningModule):
         self.episode_durations: list[int] = []
         self.episode_returns: list[float] = []
         self._eps_span = math.inf  # env steps the linear ε schedule spans, from trainer.max_steps (setup)
+        self._schedule_max_steps: int | None = None  # the trainer.max_steps the run started with (setup)
         self._mean_logged_at = 0  # episodes ended when the 100-episode mean was last logged
         self._soft_update_pairs: tuple[list[Tensor], list[Tensor]] = ([], [])  # (target, online), see on_train_start
         self._loss_finite: Tensor | None = None  # every TD loss since the last check was finite
@@ -152,10 +154,14 @@ class DQN(L.LightningModule):
         return exponential_epsilon(env_step, hp.eps_start, hp.eps_end, hp.eps_decay)
 
     def setup(self, stage: str) -> None:
-        """Size the linear ε schedule: a share of the env steps the run's ``trainer.max_steps`` updates take."""
-        if stage != "fit" or self.hparams.eps_schedule != "linear":
+        """Size the linear ε schedule: a share of the env steps the run's ``trainer.max_steps`` updates
+        take. A resumed run keeps the span it started with (``on_load_checkpoint``, which runs next)."""
+        if stage != "fit":
             return
         max_steps = self.trainer.max_steps
+        self._schedule_max_steps = max_steps if max_steps > 0 else None
+        if self.hparams.eps_schedule != "linear":
+            return
         check_max_steps_for("model.eps_schedule", "linear", max_steps)
         datamodule = self.trainer.datamodule
         if not hasattr(datamodule, "env_steps_at"):
@@ -431,6 +437,24 @@ class DQN(L.LightningModule):
         fused = self.device.type in _get_fused_kernels_supported_devices()
         return torch.optim.AdamW(self.policy_net.parameters(), lr=self.hparams.lr, amsgrad=True, fused=fused)
 
+    def _keep_schedules(self, schedules: dict[str, Any], prioritized: bool) -> None:
+        """A resumed run goes on with the schedules its first ``trainer.max_steps`` sized: the linear ε
+        span here, prioritized replay's β in the data module (``GymDataModule._restore``). Another
+        ``trainer.max_steps`` only moves where the run stops, and one line says so."""
+        started, now = schedules["max_steps"], self._schedule_max_steps
+        linear = self.hparams.eps_schedule == "linear"
+        if linear:
+            self._eps_span = schedules["eps_span"]
+        named = (("the linear ε schedule", linear), ("prioritized replay's β", prioritized))
+        kept = [name for name, used in named if used]
+        if kept and started is not None and started != now:
+            rank_zero_info(
+                f"Resuming with trainer.max_steps={now}: {' and '.join(kept)} keep the pace of the "
+                f"{started} updates the run started with (trainer.max_steps now only moves where it stops)"
+            )
+        if started is not None:
+            self._schedule_max_steps = started  # and the next checkpoint keeps it
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse to save non-finite weights; keep the episode history, so a resumed run continues
         its curves and its 100-episode mean."""
@@ -438,12 +462,17 @@ class DQN(L.LightningModule):
         self._gather_episodes()  # every rank saves (Lightning dumps the checkpoint on each), so all gather
         checkpoint["episode_durations"] = list(self.episode_durations)
         checkpoint["episode_returns"] = list(self.episode_returns)
+        checkpoint["schedules"] = {"max_steps": self._schedule_max_steps, "eps_span": self._eps_span}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the episode history, and the env spec the checkpoint's data module was made with."""
+        """Restore the episode history, the linear ε span the run started with, and the env spec the
+        checkpoint's data module was made with."""
         data = checkpoint.get("datamodule_hyper_parameters")
         if isinstance(data, dict) and "env_id" in data:
             self.env_spec = EnvSpec.from_hparams(data)
+        schedules = checkpoint.get("schedules")
+        if schedules is not None and self._trainer is not None and self.trainer.state.fn == "fit":
+            self._keep_schedules(schedules, prioritized=isinstance(data, dict) and bool(data.get("prioritized")))
         self.episode_durations = list(checkpoint.get("episode_durations", []))
         # Checkpoints written before returns were kept: the durations stand in (exact on CartPole, +1 a step).
         self.episode_returns = list(checkpoint.get("episode_returns", map(float, self.episode_durations)))

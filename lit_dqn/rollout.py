@@ -1,7 +1,10 @@
 """Stepping Gymnasium vector environments: ε-greedy experience collection and greedy evaluation."""
 
+import contextlib
 import copy
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import gymnasium as gym
@@ -16,6 +19,61 @@ from lit_dqn.envs import ActionMasks
 ExplorationPolicy = Callable[[np.ndarray, int, np.random.Generator, np.ndarray | None], tuple[np.ndarray, float]]
 # Greedy policy: (observations [N, obs_dim], valid actions [N, n_actions] or None) -> actions [N]
 GreedyPolicy = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
+
+
+class StopRequested(Exception):
+    """A stop was asked for (Ctrl-C, SIGTERM: ``request_stop``) while envs were being stepped: raised
+    between two env steps, so the runner, its buffer and the envs are never left half-way through one.
+    A warm-up of 100k env steps, an evaluation or a video then ends within one env step."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class _StopRequest:
+    """This process's stop request: set from a signal handler (the main thread), read by every
+    env-stepping loop. Signals are the process's, so the request is too."""
+
+    signum: int | None = None
+
+
+_STOP = _StopRequest()
+
+
+def request_stop(signum: int) -> None:
+    """Make every env-stepping loop of this process raise ``StopRequested(signum)`` before its next
+    env step (``EnvRunner.step``, ``evaluate``, ``lit_dqn.video.record_episodes``)."""
+    _STOP.signum = signum
+
+
+def clear_stop() -> None:
+    _STOP.signum = None
+
+
+def check_stop() -> None:
+    """Raise ``StopRequested`` if a stop was requested: the one check each loop makes per env step."""
+    if _STOP.signum is not None:
+        raise StopRequested(_STOP.signum)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Within the block, Ctrl-C and SIGTERM request a stop (``request_stop``) instead of their usual
+    effect, so env stepping ends at the next step with ``StopRequested``; the main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, lambda n, frame: request_stop(n)) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        clear_stop()
 
 
 class EnvRunner:
@@ -52,7 +110,9 @@ class EnvRunner:
         return self.envs.num_envs
 
     def step(self, policy: ExplorationPolicy) -> list[tuple[float, int]]:
-        """Take one step in every sub-env; return ``(return, length)`` of the episodes that ended."""
+        """Take one step in every sub-env; return ``(return, length)`` of the episodes that ended.
+        A requested stop (``request_stop``) raises ``StopRequested`` instead, before stepping."""
+        check_stop()
         if self.autoreset.all():  # every action would be ignored: no need to ask the policy
             actions = np.zeros(self.num_envs, dtype=np.int64)
         else:
@@ -159,12 +219,14 @@ def evaluate(
     batched policy calls rather than the sum of all lengths. Steps after a sub-env's first episode
     ended are ignored. With ``masks`` the policy picks among each observation's valid actions. An
     episode still going after ``max_steps`` steps is cut there (truncated): its return so far counts.
+    A requested stop raises ``StopRequested`` before the next step (no partial score is returned).
     """
     obs, infos = envs.reset(seed=seed)
     returns = np.zeros(envs.num_envs, dtype=np.float64)
     done = np.zeros(envs.num_envs, dtype=bool)
     steps = 0
     while not done.all() and (max_steps is None or steps < max_steps):
+        check_stop()
         steps += 1
         mask = masks.of_vector(envs, infos) if masks is not None else None
         obs, rewards, terminated, truncated, infos = envs.step(policy(obs, mask))

@@ -5,6 +5,7 @@ Frames come from ``render_mode="rgb_array"`` through Gymnasium's ``RenderCollect
 its own ffmpeg build; without it the video is an animated GIF (Pillow).
 """
 
+import contextlib
 import copy
 import io
 import os
@@ -25,6 +26,7 @@ from lit_dqn.checkpoints import read_checkpoint
 from lit_dqn.checks import ConfigError
 from lit_dqn.envs import EVAL_STEP_CAP, EnvSpec
 from lit_dqn.module import DQN
+from lit_dqn.rollout import check_stop, stop_on_signals
 
 VIDEO_EXTRA = 'pip install "lit-dqn[video]"'
 
@@ -141,11 +143,13 @@ def record_episodes(
     fps = fps or env.metadata.get("render_fps") or 30
     folder.mkdir(parents=True, exist_ok=True)
     recordings, preview = [], np.zeros((0, 0, 0, 3), dtype=np.uint8)
-    try:
+    # Ctrl-C and SIGTERM end the recording at the next step (StopRequested); the env is closed either way.
+    with stop_on_signals(), contextlib.closing(env):
         for episode in range(episodes):
             obs, info = env.reset(seed=seed + episode)
             episode_return, length, done = 0.0, 0, False
             while not done and length < max_steps:
+                check_stop()
                 action = policy(obs[None]) if masks is None else policy(obs[None], masks.of_env(env, info))
                 obs, reward, terminated, truncated, info = env.step(action[0])
                 episode_return += float(reward)
@@ -158,8 +162,6 @@ def record_episodes(
             if episode == 0:  # half size: a GIF of a 1000-step episode stays a few MB
                 preview = np.stack([frame[::2, ::2] for frame in frames])
             del frames
-    finally:
-        env.close()
     return recordings, preview
 
 

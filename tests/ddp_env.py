@@ -34,6 +34,28 @@ class Corridor(gym.Env):
 gym.register("Corridor-v0", entry_point=Corridor, max_episode_steps=EPISODE_LENGTH)
 
 
+class MaskedCorridor(Corridor):
+    """Corridor whose action 1 is invalid wherever the second coordinate is positive
+    (``info["action_mask"]``). An invalid action raises, so one sent anywhere (exploration,
+    evaluation, any rank) fails the run."""
+
+    def _info(self) -> dict:
+        return {"action_mask": np.array([True, self._obs[1] <= 0])}
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        obs, _ = super().reset(seed=seed, options=options)
+        return obs, self._info()
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        if not self._info()["action_mask"][int(action)]:
+            raise ValueError(f"MaskedCorridor got action {action}, which its mask forbids")
+        obs, reward, terminated, truncated, _ = super().step(action)
+        return obs, reward, terminated, truncated, self._info()
+
+
+gym.register("MaskedCorridor-v0", entry_point=MaskedCorridor, max_episode_steps=EPISODE_LENGTH)
+
+
 class RankProbe(L.Callback):
     """Per rank, write ``rank{N}.pt``: the losses of the steps this process ran, the final weights,
     the rank's own counters and the start of its replay buffer."""
@@ -47,6 +69,7 @@ class RankProbe(L.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         runner = trainer.datamodule.runner
+        masks = runner.buffer.next_mask
         self.out_dir.mkdir(parents=True, exist_ok=True)
         state = {
             "losses": self.losses,
@@ -54,6 +77,7 @@ class RankProbe(L.Callback):
             "env_steps": runner.env_steps,
             "episodes": runner.episodes,
             "obs": runner.buffer.state_dict()["storage"]["obs"][:64].clone(),
+            "next_mask": None if masks is None else masks[: len(runner.buffer)].clone(),
             "job": (pl_module.job_episodes, pl_module.job_env_steps),
             "history": list(pl_module.episode_durations),
         }

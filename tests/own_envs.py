@@ -7,6 +7,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
+from lit_dqn.envs import EVAL_STEP_CAP
+
 
 class Shifted(gym.Env):
     """Actions ``Discrete(3, start=1)``: 1, 2 or 3. Any other action raises, as a strict env would.
@@ -140,16 +142,21 @@ class StrictMethod(Strict):
 
 
 class Endless(gym.Env):
-    """An episode that never ends, and no time limit: reward 1 per step, whatever the action."""
+    """An episode that never ends, and no time limit: reward 1 per step, whatever the action. Past
+    twice ``EVAL_STEP_CAP`` steps it raises, so an evaluation that is not cut fails instead of hanging."""
 
     observation_space = gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
     action_space = gym.spaces.Discrete(2)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
+        self._steps = 0
         return np.zeros(2, dtype=np.float32), {}
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        self._steps += 1
+        if self._steps > 2 * EVAL_STEP_CAP:
+            raise RuntimeError(f"Endless played {self._steps} steps of one episode: nothing cut it")
         return np.zeros(2, dtype=np.float32), 1.0, False, False, {}
 
 

@@ -7,8 +7,10 @@ import torch
 
 from lit_dqn import DQN, GymDataModule, ReplayBuffer
 from lit_dqn.buffer import Transitions
-from lit_dqn.data import ReplayBatch, ReplayDataset
+from lit_dqn.data import EvaluationDataset, ReplayBatch, ReplayDataset, eval_rounds
+from lit_dqn.envs import EnvSpec
 from lit_dqn.rollout import EnvRunner, evaluate
+from lit_dqn.video import record_episodes
 
 from .conftest import quick_trainer
 
@@ -122,6 +124,46 @@ def test_evaluate_runs_one_episode_per_env() -> None:
     assert returns.shape == (10,)
     assert (returns >= 8).all() and (returns <= 12).all()  # pushing one way falls in ~9-10 steps
     assert np.array_equal(returns, evaluate(envs, always_left, seed=123))
+
+
+def by_angle(obs: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """A fixed policy whose return depends on the start state: push the way the pole leans."""
+    return (obs[:, 2] > 0).astype(np.int64)
+
+
+def test_evaluation_episode_k_starts_from_seed_plus_k_wherever_it_is_played(tmp_path) -> None:
+    """Fewer ``eval_episodes``, a DDP rank's share and ``record`` play episode k from seed + k alike.
+    CartPole's batched vector env, drawing every start state from one RNG, fails each of these."""
+    spec = EnvSpec("CartPole-v1")
+    five = evaluate(spec.make_eval_vec(5), by_angle, seed=77)
+    assert len(set(five)) > 2  # the start states differ, and so do the returns
+    assert np.array_equal(evaluate(spec.make_eval_vec(3), by_angle, seed=77), five[:3])  # eval_episodes=3
+    assert np.array_equal(evaluate(spec.make_eval_vec(2), by_angle, seed=80), five[3:])  # rank 1 of 2: episodes 3-4
+    recordings, _ = record_episodes(by_angle, spec, tmp_path, 3, 77, fps=None)
+    assert [recording.episode_return for recording in recordings] == list(five[:3])
+
+
+def test_many_evaluation_episodes_are_played_in_rounds_of_the_same_episodes() -> None:
+    """2000 episodes (Taxi's validation) take 8 rounds of 250 env copies, not 2000 copies at once;
+    rounds play the episodes one set of copies would have, seed by seed."""
+    assert eval_rounds(2000) == (8, 250) and eval_rounds(100) == (1, 100) and eval_rounds(257) == (2, 129)
+    spec = EnvSpec("CartPole-v1")
+    [in_rounds] = EvaluationDataset(spec.make_eval_vec(3), by_angle, seed=77, episodes=7)
+    assert np.array_equal(in_rounds.numpy(), evaluate(spec.make_eval_vec(7), by_angle, seed=77))
+
+
+@pytest.mark.parametrize("test_episodes", [None, 7])
+def test_validation_and_test_play_the_episodes_of_their_seeds(test_episodes: int | None, tmp_path) -> None:
+    """The data module's evaluation episodes are ``make_eval_vec``'s: ``data.eval_episodes`` from
+    ``data.val_seed`` on, and ``data.test_episodes`` (where set, else as many) from ``data.test_seed``."""
+    model = DQN(obs_dim=4, n_actions=2)
+    data = GymDataModule("CartPole-v1", eval_episodes=4, test_episodes=test_episodes, val_seed=500, test_seed=900)
+    [val] = quick_trainer(tmp_path, 1).validate(model, data, verbose=False)
+    [test] = quick_trainer(tmp_path, 1).test(model, data, verbose=False)
+    spec = EnvSpec("CartPole-v1")
+    assert val["val/return_mean"] == pytest.approx(evaluate(spec.make_eval_vec(4), model.greedy_actions, 500).mean())
+    returns = evaluate(spec.make_eval_vec(test_episodes or 4), model.greedy_actions, 900)
+    assert test["test/return_mean"] == pytest.approx(returns.mean())
 
 
 def test_datamodule_reads_sizes_from_the_env() -> None:

@@ -189,3 +189,17 @@ def test_sigterm_stops_every_rank_and_a_two_process_resume_continues_exactly(who
         assert resumed.ranks[rank]["losses"] == whole.ranks[rank]["losses"][100:]
         for key, value in whole.ranks[rank]["state_dict"].items():
             assert torch.equal(resumed.ranks[rank]["state_dict"][key], value), key
+
+
+def test_action_masks_hold_on_every_rank(tmp_path: Path) -> None:
+    """MaskedCorridor raises on an action its mask forbids: both ranks explore, and play their share
+    of the evaluation episodes, among valid actions only, and each rank's replay keeps its masks."""
+    run = fit_ddp(
+        tmp_path, "--data.env_id=tests.ddp_env:MaskedCorridor-v0", "--data.action_masks=true", "--trainer.max_steps=100"
+    )
+    assert [len(r["losses"]) for r in run.ranks] == [100, 100]
+    for rank in run.ranks:
+        masks = rank["next_mask"]
+        assert masks.shape == (WARMUP + 100, 2) and masks[:, 0].all()
+        assert 0.3 < masks[:, 1].float().mean() < 0.7  # action 1 valid in about half the states
+    assert not torch.equal(run.ranks[0]["next_mask"], run.ranks[1]["next_mask"])  # each rank its own envs

@@ -1,10 +1,12 @@
 """Nothing lost: exact resume, clean stops on signals, checkpoints that survive kill -9, NaN stops."""
 
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -15,6 +17,7 @@ from lit_dqn import DQN
 from lit_dqn.checkpoints import AtomicCheckpointIO
 from lit_dqn.cli import DQNCLI
 from lit_dqn.module import NonFiniteLossError
+from lit_dqn.rollout import EnvRunner, StopRequested
 
 from . import conftest
 from .conftest import CONFIG, SHORT_FIT, StepRecorder, run_cli
@@ -49,7 +52,11 @@ TOOLBOX = (
 )
 
 
-@pytest.mark.parametrize("switches", [(), TOOLBOX], ids=["default", "toolbox"])
+# Action masks: a 10-step env that raises on a forbidden action; replay keeps next-state masks (n-step).
+MASKED = ("--data.env_id=tests.ddp_env:MaskedCorridor-v0", "--data.action_masks=true", "--data.n_step=3")
+
+
+@pytest.mark.parametrize("switches", [(), TOOLBOX, MASKED], ids=["default", "toolbox", "masks"])
 def test_resume_continues_exactly_like_an_uninterrupted_run(switches: tuple[str, ...], tmp_path: Path) -> None:
     """fit 2N == fit to N, stop, resume to 2N: the same losses, episodes and weights, bit for bit.
 
@@ -69,7 +76,8 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(switches: tuple[str,
     ckpt = tmp_path / "first/lightning_logs/version_0/checkpoints/last.ckpt"
     saved = torch.load(ckpt, weights_only=False)
     assert saved["global_step"] == n and "buffer" in saved["GymDataModule"]
-    assert ("priorities" in saved["GymDataModule"]["buffer"]) == bool(switches)
+    assert ("priorities" in saved["GymDataModule"]["buffer"]) == (switches == TOOLBOX)
+    assert ("next_mask" in saved["GymDataModule"]["buffer"]["storage"]) == (switches == MASKED)
 
     resumed, resumed_steps = make_cli(tmp_path / "resumed", f"--trainer.max_steps={total}", *switches)
     resumed.trainer.fit(resumed.model, datamodule=resumed.datamodule, ckpt_path=str(ckpt))
@@ -80,6 +88,33 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(switches: tuple[str,
     for a, b in zip(resumed.model.state_dict().values(), whole.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert resumed_steps.counters == whole_steps.counters  # env steps, episodes, buffer size and position
+
+
+def test_resume_with_another_max_steps_keeps_the_schedules(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """β and the linear ε span are paced by the ``trainer.max_steps`` a run starts with: resumed with
+    twice the budget, the updates learn bit for bit as in the run that kept its budget, and one line
+    says what was kept."""
+    total, switches = 600, ("--data.prioritized=true", "--model.eps_schedule=linear", "--model.eps_fraction=0.5")
+    whole, whole_steps = make_cli(tmp_path / "whole", f"--trainer.max_steps={total}", *switches)
+    whole.trainer.fit(whole.model, datamodule=whole.datamodule)
+    n = next(i + 1 for i in range(300, total) if whole_steps.episode_ended[i])  # between episodes
+    first, _ = make_cli(tmp_path / "first", f"--trainer.max_steps={total}", *switches)
+    first.trainer.callbacks.append(StopAt(n))
+    first.trainer.fit(first.model, datamodule=first.datamodule)
+    ckpt = tmp_path / "first/lightning_logs/version_0/checkpoints/last.ckpt"
+
+    resumed, resumed_steps = make_cli(tmp_path / "resumed", f"--trainer.max_steps={2 * total}", *switches)
+    resumed.trainer.callbacks.append(StopAt(total))
+    with caplog.at_level(logging.INFO):
+        resumed.trainer.fit(resumed.model, datamodule=resumed.datamodule, ckpt_path=str(ckpt))
+    assert resumed_steps.losses == whole_steps.losses[n:]
+    [line] = [record.getMessage() for record in caplog.records if "keep the pace" in record.getMessage()]
+    assert line == (
+        "Resuming with trainer.max_steps=1200: the linear ε schedule and prioritized replay's β keep the pace of "
+        "the 600 updates the run started with (trainer.max_steps now only moves where it stops)"
+    )
+    again = torch.load(tmp_path / "resumed/lightning_logs/version_0/checkpoints/last.ckpt", weights_only=False)
+    assert again["schedules"]["max_steps"] == total and again["GymDataModule"]["beta_max_steps"] == total
 
 
 @pytest.mark.parametrize("prioritized", [False, True], ids=["uniform", "prioritized"])
@@ -186,6 +221,87 @@ def test_signal_stops_cleanly_with_a_loadable_last_checkpoint(signum: int, tmp_p
     checkpoint = torch.load(last, weights_only=False)
     assert 0 < checkpoint["global_step"] < 1000000
     assert DQN.load_from_checkpoint(last, map_location="cpu")(torch.zeros(1, 4)).shape == (1, 2)
+
+
+CORRIDOR = ("--data.env_id=tests.ddp_env:Corridor-v0", "--trainer.val_check_interval=100")  # 10-step episodes
+
+
+class SignalBeforeValidation(L.Callback):
+    """SIGTERM to this process after update ``step``, a validation step: as if it landed during that
+    evaluation (Lightning fetches the episodes' returns before ``on_validation_start``)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def fit_stopped_and_resumed(tmp_path: Path, total: int, stop: Callable[[DQNCLI], None], monkeypatch) -> dict:
+    """An uninterrupted run against one that ``stop`` arranges a signal for (``StopRequested``) and that
+    resumes from its last.ckpt: the same losses and weights, bit for bit. Returns the saved checkpoint."""
+    whole, whole_steps = make_cli(tmp_path / "whole", f"--trainer.max_steps={total}", *CORRIDOR)
+    whole.trainer.fit(whole.model, datamodule=whole.datamodule)
+    first, first_steps = make_cli(tmp_path / "first", f"--trainer.max_steps={total}", *CORRIDOR)
+    stop(first)
+    with pytest.raises(StopRequested, match="stopped by SIGTERM"):
+        first.trainer.fit(first.model, datamodule=first.datamodule)
+    monkeypatch.undo()
+    ckpt = tmp_path / "first/lightning_logs/version_0/checkpoints/last.ckpt"
+    saved = torch.load(ckpt, weights_only=False)
+    assert saved["global_step"] == len(first_steps.losses)
+    resumed, resumed_steps = make_cli(tmp_path / "resumed", f"--trainer.max_steps={total}", *CORRIDOR)
+    resumed.trainer.fit(resumed.model, datamodule=resumed.datamodule, ckpt_path=str(ckpt))
+    assert first_steps.losses + resumed_steps.losses == whole_steps.losses
+    for a, b in zip(resumed.model.state_dict().values(), whole.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    return saved
+
+
+def test_a_signal_during_evaluation_stops_it_and_the_resume_replays_it(tmp_path: Path, monkeypatch) -> None:
+    """SIGTERM before the validation at 200: evaluation ends at its next env step, last.ckpt holds
+    update 200, and the resumed run plays that validation again, then goes on exactly (at 500 env
+    steps, between 10-step episodes)."""
+    saved = fit_stopped_and_resumed(
+        tmp_path, 300, lambda cli: cli.trainer.callbacks.append(SignalBeforeValidation(200)), monkeypatch
+    )
+    assert saved["global_step"] == 200
+
+
+def test_a_signal_during_warm_up_stops_it_at_the_next_env_step(tmp_path: Path, monkeypatch) -> None:
+    """SIGTERM at env step 150 of a 300-step warm-up: no update ran, last.ckpt holds the 150
+    transitions, and the resumed run finishes the warm-up and trains as if never stopped."""
+    runner_step = EnvRunner.step
+
+    def step(self: EnvRunner, policy):
+        if self.env_steps == 150:
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler runs before the next line
+        return runner_step(self, policy)
+
+    saved = fit_stopped_and_resumed(
+        tmp_path, 300, lambda cli: monkeypatch.setattr(EnvRunner, "step", step), monkeypatch
+    )
+    assert saved["global_step"] == 0 and saved["GymDataModule"]["runner"]["env_steps"] == 150
+
+
+def test_a_signal_during_a_long_warm_up_ends_the_run_within_seconds(tmp_path: Path) -> None:
+    """The CLI's side of a stop mid warm-up (Atari's is 100k env steps; here up to 1M): SIGTERM ends
+    the process within seconds with 143, the transitions so far saved in last.ckpt."""
+    warm_up = ("--data.warmup_steps=1000000", "--data.buffer_capacity=1000000")
+    process = start_fit(tmp_path, *warm_up)
+    run_dir = tmp_path / "lightning_logs/version_0"
+    wait_for(run_dir / "config.yaml", process)
+    time.sleep(3)  # well into the warm-up, which takes a minute or more
+    process.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    _, stderr = process.communicate(timeout=120)
+    assert time.monotonic() - sent < 15, stderr[-3000:]
+    assert process.returncode == 143 and "Traceback" not in stderr, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == "lit_dqn: stopped by SIGTERM"
+    assert "Saved lightning_logs/version_0/checkpoints/last.ckpt at step 0" in stderr
+    saved = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)
+    assert 0 < saved["GymDataModule"]["runner"]["env_steps"] < 1000000
 
 
 def test_kill_9_never_leaves_a_broken_latest_checkpoint(tmp_path: Path) -> None:

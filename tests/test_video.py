@@ -1,8 +1,10 @@
 """Videos of the greedy agent (``GreedyVideo`` in fit, ``python -m lit_dqn record``) and the run plot."""
 
 import io
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +20,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from lit_dqn import video
 from lit_dqn.envs import EnvSpec
 from lit_dqn.plots import Validation, plot_episodes
+from lit_dqn.rollout import StopRequested
 
 from .conftest import ROOT, FitRun, run_cli, skip_without_extra
 
@@ -177,3 +180,21 @@ def test_every_shipped_env_records(config: Path, tmp_path: Path) -> None:
     assert count == recording.length + 1 and min(width, height) >= 159  # MinAtar's 10x10 enlarged to 160
     # TensorBoard's preview is half size (an odd side rounds up; the mp4 pads odd sides to even)
     assert abs(width - 2 * preview.shape[2]) <= 2 and abs(height - 2 * preview.shape[1]) <= 2
+
+
+def test_a_signal_ends_a_recording_at_the_next_step(tmp_path: Path) -> None:
+    """SIGTERM (or Ctrl-C) while a video plays, as after a fit: ``StopRequested`` at the next env
+    step, no half episode written, the process's own handlers back in place."""
+    calls = []
+
+    def policy(obs: np.ndarray) -> np.ndarray:
+        calls.append(len(obs))
+        if len(calls) == 5:  # mid episode 0 (pushing left ends CartPole in about 10 steps)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return np.zeros(len(obs), dtype=np.int64)
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(StopRequested, match="stopped by SIGTERM"):
+        video.record_episodes(policy, EnvSpec("CartPole-v1"), tmp_path, 3, 0, None)
+    assert len(calls) == 5 and not list(tmp_path.iterdir())
+    assert signal.getsignal(signal.SIGTERM) is before
