@@ -28,7 +28,7 @@ from lit_dqn.distributed import gather_objects, sum_over_ranks, world
 from lit_dqn.envs import EnvSpec
 from lit_dqn.exploration import exponential_epsilon, linear_epsilon
 from lit_dqn.losses import td_errors, td_loss, td_targets
-from lit_dqn.networks import DuelingQNetwork, ImageLayout, QNetwork, is_image, soft_update
+from lit_dqn.networks import DuelingQNetwork, ImageLayout, QNetwork, greedy_actions, is_image, soft_update
 from lit_dqn.optimization import StepCounter, plain_calls_are_exact
 
 
@@ -171,15 +171,8 @@ class DQN(L.LightningModule):
     @torch.inference_mode()
     def greedy_actions(self, obs: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         """argmax_a Q(s, a) for observations ``[N, *obs_shape]`` from the env (on the CPU), over the
-        valid actions ``mask`` ``[N, n_actions]`` if given; frames stay uint8 or bool, as replay
-        stores them, and the network makes them float."""
-        obs_t = torch.as_tensor(obs, device=self.device)
-        if obs_t.dtype not in (torch.uint8, torch.bool):
-            obs_t = obs_t.float()
-        q_values = self.policy_net(obs_t)  # [N, n_actions]
-        if mask is not None:
-            q_values = q_values.masked_fill(~torch.as_tensor(mask, device=self.device), -torch.inf)
-        return q_values.argmax(dim=1).cpu().numpy()  # the one host sync per env step
+        valid actions ``mask`` ``[N, n_actions]`` if given (``networks.greedy_actions``)."""
+        return greedy_actions(self.policy_net, obs, mask, self.device)
 
     def act(
         self, obs: np.ndarray, env_step: int, rng: np.random.Generator, mask: np.ndarray | None = None

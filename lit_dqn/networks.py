@@ -8,6 +8,7 @@ is the env's to say (``lit_dqn.envs.EnvSpec``), never guessed from the shape.
 from collections.abc import Sequence
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -162,3 +163,19 @@ def soft_update(target: Sequence[Tensor], source: Sequence[Tensor], tau: float) 
     """
     with torch.no_grad():
         torch._foreach_lerp_(target, source, tau)
+
+
+def greedy_actions(
+    q_net: nn.Module, obs: np.ndarray, mask: np.ndarray | None = None, device: torch.device | None = None
+) -> np.ndarray:
+    """argmax_a Q(s, a) ``[N]`` for observations ``[N, *obs_shape]`` from the env, over the valid
+    actions ``mask`` ``[N, n_actions]`` if given: training, evaluation, videos and ``record`` all
+    act through it. Frames stay uint8 or bool, as replay stores them, and the network makes them
+    float; ``device`` is the network's."""
+    obs_t = torch.as_tensor(obs, device=device)
+    if obs_t.dtype not in (torch.uint8, torch.bool):
+        obs_t = obs_t.float()
+    q_values = q_net(obs_t)  # [N, n_actions]
+    if mask is not None:
+        q_values = q_values.masked_fill(~torch.as_tensor(mask, device=device), -torch.inf)
+    return q_values.argmax(dim=1).cpu().numpy()  # the one host sync per env step

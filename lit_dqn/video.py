@@ -26,6 +26,7 @@ from lit_dqn.checkpoints import read_checkpoint
 from lit_dqn.checks import ConfigError
 from lit_dqn.envs import EVAL_STEP_CAP, EnvSpec
 from lit_dqn.module import DQN
+from lit_dqn.networks import greedy_actions
 from lit_dqn.rollout import check_stop, stop_on_signals
 
 VIDEO_EXTRA = 'pip install "lit-dqn[video]"'
@@ -190,13 +191,7 @@ def greedy_policy(q_net: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
 
     @torch.inference_mode()
     def policy(obs: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-        obs_t = torch.as_tensor(obs)
-        if obs_t.dtype not in (torch.uint8, torch.bool):  # frames stay compact, as in training
-            obs_t = obs_t.float()
-        q_values = q_net(obs_t)  # [N, n_actions]
-        if mask is not None:  # the valid actions only, as in training
-            q_values = q_values.masked_fill(~torch.as_tensor(mask), -torch.inf)
-        return q_values.argmax(dim=1).numpy()
+        return greedy_actions(q_net, obs, mask)  # as in training, valid actions only
 
     return policy
 
