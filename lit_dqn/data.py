@@ -118,11 +118,10 @@ class ReplayDataset(IterableDataset):
 EVAL_ENVS_MAX = 256
 
 
-def eval_rounds(episodes: int) -> tuple[int, int]:
-    """(rounds, env copies per round) that play ``episodes`` episodes with at most ``EVAL_ENVS_MAX``
-    copies; the last round may play a few episodes more than needed, which are not counted."""
-    rounds = math.ceil(episodes / EVAL_ENVS_MAX)
-    return rounds, math.ceil(episodes / rounds)
+def eval_copies(episodes: int) -> int:
+    """Env copies that play ``episodes`` episodes in rounds of equal size, at most ``EVAL_ENVS_MAX``
+    each; the last round may play a few episodes more than needed, which are not counted."""
+    return math.ceil(episodes / math.ceil(episodes / EVAL_ENVS_MAX))
 
 
 class EvaluationDataset(IterableDataset):
@@ -399,7 +398,7 @@ class GymDataModule(L.LightningDataModule):
                 f"({world_size}): each plays its share of the evaluation episodes"
             )
         if stage not in self._eval_envs:  # episode k starts from seed + k, wherever it is played
-            self._eval_envs[stage] = self.env_spec.make_eval_vec(eval_rounds(count)[1])
+            self._eval_envs[stage] = self.env_spec.make_eval_vec(eval_copies(count))
         policy = self.trainer.lightning_module.greedy_actions
         spec = self.env_spec
         envs = self._eval_envs[stage]

@@ -7,7 +7,7 @@ import torch
 
 from lit_dqn import DQN, GymDataModule, ReplayBuffer
 from lit_dqn.buffer import Transitions
-from lit_dqn.data import EvaluationDataset, ReplayBatch, ReplayDataset, eval_rounds
+from lit_dqn.data import EvaluationDataset, ReplayBatch, ReplayDataset, eval_copies
 from lit_dqn.envs import EnvSpec
 from lit_dqn.rollout import EnvRunner, evaluate
 from lit_dqn.video import record_episodes
@@ -146,7 +146,7 @@ def test_evaluation_episode_k_starts_from_seed_plus_k_wherever_it_is_played(tmp_
 def test_many_evaluation_episodes_are_played_in_rounds_of_the_same_episodes() -> None:
     """2000 episodes (Taxi's validation) take 8 rounds of 250 env copies, not 2000 copies at once;
     rounds play the episodes one set of copies would have, seed by seed."""
-    assert eval_rounds(2000) == (8, 250) and eval_rounds(100) == (1, 100) and eval_rounds(257) == (2, 129)
+    assert eval_copies(2000) == 250 and eval_copies(100) == 100 and eval_copies(257) == 129  # 8, 1 and 2 rounds
     spec = EnvSpec("CartPole-v1")
     [in_rounds] = EvaluationDataset(spec.make_eval_vec(3), by_angle, seed=77, episodes=7)
     assert np.array_equal(in_rounds.numpy(), evaluate(spec.make_eval_vec(7), by_angle, seed=77))
