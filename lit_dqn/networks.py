@@ -1,15 +1,22 @@
-"""The Q-network: observation to one Q-value per discrete action, plain or dueling.
+"""The Q-network: observation to one Q-value per discrete action, plain or dueling, and optionally
+a whole return distribution per action (C51's categorical atoms or QR-DQN's quantiles).
 
 A flat observation goes straight into an MLP; an image first through a CNN (``ImageEncoder``),
 chosen from the observation's shape, so no flag selects it. Where an image keeps its channels
 is the env's to say (``lit_dqn.envs.EnvSpec``), never guessed from the shape.
+
+Every network's ``forward`` gives Q-values ``[B, n_actions]``, so acting, evaluation, videos and
+``record`` are the same for every head; ``outputs`` gives what the loss trains: the Q-values
+themselves, or ``[B, n_actions, K]`` logits (C51) or quantiles (QR-DQN).
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -80,13 +87,87 @@ def features(encoder: nn.Module | None, obs: Tensor) -> Tensor:
     return obs.float() if encoder is None else encoder(obs)
 
 
-def mlp(in_features: int, hidden_sizes: Sequence[int]) -> tuple[list[nn.Module], int]:
-    """``Linear + ReLU`` layers of the given widths, and the width they end with."""
+def mlp(
+    in_features: int, hidden_sizes: Sequence[int], linear: Callable[[int, int], nn.Module] = nn.Linear
+) -> tuple[list[nn.Module], int]:
+    """``Linear + ReLU`` layers of the given widths (``linear`` makes each), and the width they end with."""
     layers: list[nn.Module] = []
     for width in hidden_sizes:
-        layers += [nn.Linear(in_features, width), nn.ReLU()]
+        layers += [linear(in_features, width), nn.ReLU()]
         in_features = width
     return layers, in_features
+
+
+class NoisyLinear(nn.Module):
+    """A linear layer with learned, factorised Gaussian noise on its weights (Fortunato et al. 2018):
+    ``y = (μ_w + σ_w ⊙ ε_w) x + μ_b + σ_b ⊙ ε_b``, with ``ε_w = f(ε_out) f(ε_in)ᵀ``, ``ε_b = f(ε_out)``,
+    ``f(x) = sgn(x)·√|x|`` of standard normal draws (``in + out`` of them, not ``in × out``).
+
+    The net learns how much noise to keep, so exploration adapts per state instead of following an
+    ε schedule. ``μ`` starts uniform in ``±1/√in`` and ``σ`` at ``sigma0/√in`` (the paper's σ₀ = 0.5).
+    The noise is a buffer, drawn by ``reset_noise`` from the caller's generator and kept in the
+    state dict, so a resumed run acts with the same noise; in eval mode (greedy evaluation) the layer
+    uses ``μ`` alone.
+    """
+
+    def __init__(self, in_features: int, out_features: int, sigma0: float = 0.5) -> None:
+        super().__init__()
+        bound = in_features**-0.5
+        self.weight_mu = nn.Parameter(torch.empty(out_features, in_features).uniform_(-bound, bound))
+        self.weight_sigma = nn.Parameter(torch.full((out_features, in_features), sigma0 * bound))
+        self.bias_mu = nn.Parameter(torch.empty(out_features).uniform_(-bound, bound))
+        self.bias_sigma = nn.Parameter(torch.full((out_features,), sigma0 * bound))
+        self.register_buffer("noise_in", torch.zeros(in_features))  # f(ε_in) [in]
+        self.register_buffer("noise_out", torch.zeros(out_features))  # f(ε_out) [out]
+
+    @torch.no_grad()
+    def reset_noise(self, generator: torch.Generator | None = None) -> None:
+        """Draw new noise, ``f(x) = sgn(x)·√|x|`` of standard normals, on the layer's device."""
+        for noise in (self.noise_in, self.noise_out):
+            draw = torch.randn(noise.shape, generator=generator, device=noise.device)
+            noise.copy_(draw.sign() * draw.abs().sqrt())
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return F.linear(x, self.weight_mu, self.bias_mu)
+        weight = self.weight_mu + self.weight_sigma * torch.outer(self.noise_out, self.noise_in)
+        return F.linear(x, weight, self.bias_mu + self.bias_sigma * self.noise_out)
+
+
+def head_linear(noisy_sigma0: float | None) -> Callable[[int, int], nn.Module]:
+    """The Q-head's layer: ``nn.Linear``, or a ``NoisyLinear`` with σ₀ = ``noisy_sigma0``."""
+    return nn.Linear if noisy_sigma0 is None else partial(NoisyLinear, sigma0=noisy_sigma0)
+
+
+class Categorical(nn.Module):
+    """C51's return distribution (Bellemare et al. 2017): ``K`` logits per action over fixed atoms
+    ``z_i``, evenly spaced from ``v_min`` to ``v_max``; Q is the mean ``Σ_i softmax(logits)_i · z_i``.
+    The atoms are a buffer, so they travel with the weights to the device and into checkpoints."""
+
+    def __init__(self, atoms: int, v_min: float, v_max: float) -> None:
+        super().__init__()
+        self.size = atoms
+        self.register_buffer("support", torch.linspace(v_min, v_max, atoms))  # [K]
+
+    def q_values(self, logits: Tensor) -> Tensor:
+        """Q-values ``[B, n_actions]`` of logits ``[B, n_actions, K]``."""
+        return torch.softmax(logits, dim=2) @ self.support
+
+
+class Quantiles(nn.Module):
+    """QR-DQN's return distribution (Dabney et al. 2018): ``N`` quantiles per action, at the midpoints
+    ``(2i + 1) / 2N``, each an equal share of probability; Q is their mean."""
+
+    def __init__(self, quantiles: int) -> None:
+        super().__init__()
+        self.size = quantiles
+
+    def q_values(self, quantiles: Tensor) -> Tensor:
+        """Q-values ``[B, n_actions]`` of quantiles ``[B, n_actions, N]``."""
+        return quantiles.mean(dim=2)
+
+
+Distribution = Categorical | Quantiles
 
 
 class QNetwork(nn.Module):
@@ -94,7 +175,8 @@ class QNetwork(nn.Module):
     images (``obs_shape`` of three dimensions) an ``ImageEncoder`` comes first.
 
     Sizes come from the environment's spaces (see ``GymDataModule``), so one class serves every
-    discrete-action env.
+    discrete-action env. With a ``distribution`` the last layer emits ``K`` values per action. With
+    ``noisy_sigma0`` the Q-head (the last hidden layer and the output layer) is ``NoisyLinear``.
     """
 
     def __init__(
@@ -104,15 +186,28 @@ class QNetwork(nn.Module):
         hidden_sizes: Sequence[int] = (128, 128),
         obs_shape: Sequence[int] | None = None,
         image_layout: ImageLayout | None = None,
+        distribution: Distribution | None = None,
+        noisy_sigma0: float | None = None,
     ) -> None:
         super().__init__()
+        self.n_actions = n_actions
         self.encoder, width = torso(obs_shape or (obs_dim,), image_layout)
-        layers, width = mlp(width, hidden_sizes)
-        self.net = nn.Sequential(*layers, nn.Linear(width, n_actions))
+        linear = head_linear(noisy_sigma0)
+        layers, width = mlp(width, hidden_sizes[:-1])
+        head, width = mlp(width, hidden_sizes[-1:], linear)
+        size = 1 if distribution is None else distribution.size
+        self.net = nn.Sequential(*layers, *head, linear(width, n_actions * size))
+        self.distribution = distribution
+
+    def outputs(self, obs: Tensor) -> Tensor:
+        """What the loss trains: Q-values ``[B, n_actions]``, or ``[B, n_actions, K]`` with a distribution."""
+        out = self.net(features(self.encoder, obs))
+        return out if self.distribution is None else out.view(out.shape[0], self.n_actions, -1)
 
     def forward(self, obs: Tensor) -> Tensor:
         """Map observations ``[B, *obs_shape]`` to Q-values ``[B, n_actions]``."""
-        return self.net(features(self.encoder, obs))
+        out = self.outputs(obs)
+        return out if self.distribution is None else self.distribution.q_values(out)
 
 
 class DuelingQNetwork(nn.Module):
@@ -124,7 +219,9 @@ class DuelingQNetwork(nn.Module):
     twice, once per stream, and the layers before it are shared. Subtracting the mean makes the
     split identifiable (V and A could otherwise trade a constant) and is the paper's choice over
     the max. V learns from every transition, whatever action it took, which helps where many
-    actions have similar values.
+    actions have similar values. With a ``distribution`` the streams emit ``K`` values each (per
+    action for ``A``) and combine atom by atom, as in Rainbow (Hessel et al. 2018). With
+    ``noisy_sigma0`` both streams' layers are ``NoisyLinear`` (Rainbow's noisy head).
     """
 
     def __init__(
@@ -134,22 +231,34 @@ class DuelingQNetwork(nn.Module):
         hidden_sizes: Sequence[int] = (128, 128),
         obs_shape: Sequence[int] | None = None,
         image_layout: ImageLayout | None = None,
+        distribution: Distribution | None = None,
+        noisy_sigma0: float | None = None,
     ) -> None:
         super().__init__()
         if not hidden_sizes:
             raise ValueError("a dueling Q-network needs at least one hidden layer for its streams")
+        self.n_actions = n_actions
         self.encoder, width = torso(obs_shape or (obs_dim,), image_layout)
         layers, width = mlp(width, hidden_sizes[:-1])
         self.torso = nn.Sequential(*layers)
-        stream = hidden_sizes[-1]
-        self.value = nn.Sequential(nn.Linear(width, stream), nn.ReLU(), nn.Linear(stream, 1))
-        self.advantage = nn.Sequential(nn.Linear(width, stream), nn.ReLU(), nn.Linear(stream, n_actions))
+        stream, size = hidden_sizes[-1], 1 if distribution is None else distribution.size
+        linear = head_linear(noisy_sigma0)
+        self.value = nn.Sequential(linear(width, stream), nn.ReLU(), linear(stream, size))
+        self.advantage = nn.Sequential(linear(width, stream), nn.ReLU(), linear(stream, n_actions * size))
+        self.distribution = distribution
+
+    def outputs(self, obs: Tensor) -> Tensor:
+        """What the loss trains: Q-values ``[B, n_actions]``, or ``[B, n_actions, K]`` with a distribution."""
+        shared = self.torso(features(self.encoder, obs))  # [B, width]
+        value, advantage = self.value(shared), self.advantage(shared)  # [B, K], [B, n_actions * K]
+        if self.distribution is not None:
+            value, advantage = value.unsqueeze(1), advantage.view(shared.shape[0], self.n_actions, -1)
+        return value + advantage - advantage.mean(dim=1, keepdim=True)
 
     def forward(self, obs: Tensor) -> Tensor:
         """Map observations ``[B, *obs_shape]`` to Q-values ``[B, n_actions]``."""
-        shared = self.torso(features(self.encoder, obs))  # [B, width]
-        advantage = self.advantage(shared)  # [B, n_actions]
-        return self.value(shared) + advantage - advantage.mean(dim=1, keepdim=True)
+        out = self.outputs(obs)
+        return out if self.distribution is None else self.distribution.q_values(out)
 
 
 def soft_update(target: Sequence[Tensor], source: Sequence[Tensor], tau: float) -> None:

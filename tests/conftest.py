@@ -78,6 +78,21 @@ class StepRecorder(L.Callback):
         self.counters = (runner.env_steps, runner.episodes, len(runner.buffer), runner.buffer.pos)
 
 
+class KeepSampledBatch(L.Callback):
+    """Keeps each replay batch the learner draws (``self.transitions``: drawn when Lightning fetches the
+    batch, before its update), for checks that recompute the update from it."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        buffer = trainer.datamodule.buffer
+        sample = buffer.sample
+
+        def keep(*args, **kwargs):
+            self.transitions = sample(*args, **kwargs)
+            return self.transitions
+
+        buffer.sample = keep
+
+
 def make_cli(root: Path, *overrides: str, config: Path = CONFIG) -> tuple[DQNCLI, StepRecorder]:
     """``lit_dqn fit --config CONFIG OVERRIDES`` (default: configs/cartpole.yaml) on the CPU, in-process
     and not yet run, writing under ``root``, with a ``StepRecorder`` attached."""

@@ -56,7 +56,20 @@ TOOLBOX = (
 MASKED = ("--data.env_id=tests.ddp_env:MaskedCorridor-v0", "--data.action_masks=true", "--data.n_step=3")
 
 
-@pytest.mark.parametrize("switches", [(), TOOLBOX, MASKED], ids=["default", "toolbox", "masks"])
+# Rainbow's parts with the toolbox: QR-DQN's quantiles, noisy nets (their noise stream), Double DQN,
+# n-step, priorities from each sample's loss.
+DISTRIBUTIONAL = (
+    *TOOLBOX,
+    "--model.distributional=qr_dqn",
+    "--model.noisy=true",
+    "--model.double_dqn=true",
+    "--data.n_step=3",
+)
+
+
+@pytest.mark.parametrize(
+    "switches", [(), TOOLBOX, MASKED, DISTRIBUTIONAL], ids=["default", "toolbox", "masks", "distributional"]
+)
 def test_resume_continues_exactly_like_an_uninterrupted_run(switches: tuple[str, ...], tmp_path: Path) -> None:
     """fit 2N == fit to N, stop, resume to 2N: the same losses, episodes and weights, bit for bit.
 
@@ -76,7 +89,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(switches: tuple[str,
     ckpt = tmp_path / "first/lightning_logs/version_0/checkpoints/last.ckpt"
     saved = torch.load(ckpt, weights_only=False)
     assert saved["global_step"] == n and "buffer" in saved["GymDataModule"]
-    assert ("priorities" in saved["GymDataModule"]["buffer"]) == (switches == TOOLBOX)
+    assert ("priorities" in saved["GymDataModule"]["buffer"]) == ("--data.prioritized=true" in switches)
     assert ("next_mask" in saved["GymDataModule"]["buffer"]["storage"]) == (switches == MASKED)
 
     resumed, resumed_steps = make_cli(tmp_path / "resumed", f"--trainer.max_steps={total}", *switches)

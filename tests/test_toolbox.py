@@ -13,7 +13,7 @@ from lit_dqn.exploration import linear_epsilon
 from lit_dqn.losses import td_errors, td_loss, td_targets
 from lit_dqn.networks import DuelingQNetwork, QNetwork
 
-from .conftest import make_cli
+from .conftest import KeepSampledBatch, make_cli
 
 SHORT = ["--trainer.max_steps=300", "--data.warmup_steps=300", "--trainer.val_check_interval=300"]
 
@@ -120,24 +120,13 @@ def test_linear_epsilon_spans_its_share_of_training(tmp_path) -> None:
     assert seen[-1][1] == pytest.approx(0.05)
 
 
-class PrioritizedCheck(L.Callback):
+class PrioritizedCheck(KeepSampledBatch):
     """Recomputes, from the nets and the sum-tree before each update, what the update must use and leave:
     the IS weights at this step's β, the weighted loss, and the new priorities (|δ| + ε)^α."""
 
     def __init__(self, beta_start: float, alpha: float) -> None:
         self.beta_start, self.alpha = beta_start, alpha
         self.checked = self.weighted = 0
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        """Keep each batch the learner draws (drawn when Lightning fetches it, before its update)."""
-        buffer = trainer.datamodule.buffer
-        sample = buffer.sample
-
-        def keep(*args, **kwargs):
-            self.transitions = sample(*args, **kwargs)
-            return self.transitions
-
-        buffer.sample = keep
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         """After the backward pass, before the weights and priorities change."""

@@ -1,0 +1,248 @@
+"""C51 and QR-DQN: each target and loss checked by hand on its pure function, the networks' heads, and
+then inside real fits with every other switch (Double DQN, dueling, n-step, prioritized replay, masks)."""
+
+import math
+
+import lightning as L
+import pytest
+import torch
+from torch import Tensor
+
+from lit_dqn import DQN
+from lit_dqn.checks import ConfigError
+from lit_dqn.losses import (
+    categorical_loss,
+    categorical_targets,
+    discounted_returns,
+    next_actions,
+    quantile_huber_loss,
+    quantile_targets,
+    td_targets,
+)
+from lit_dqn.networks import Categorical, DuelingQNetwork, NoisyLinear, QNetwork, Quantiles
+
+from .conftest import KeepSampledBatch, make_cli
+
+SUPPORT = torch.tensor([-1.0, 0.0, 1.0])  # three atoms, one apart
+
+
+def test_next_action_is_the_best_valid_one_of_the_chosen_net() -> None:
+    next_q = torch.tensor([[1.0, 5.0, 3.0], [2.0, 0.0, 1.0]])
+    online = torch.tensor([[0.0, 0.0, 9.0], [0.0, 7.0, 0.0]])
+    mask = torch.tensor([[True, False, True], [True, False, True]])
+    assert next_actions(next_q).tolist() == [1, 0]
+    assert next_actions(next_q, online).tolist() == [2, 1]  # Double DQN: the online net picks
+    assert next_actions(next_q, next_mask=mask).tolist() == [2, 0]  # 5.0 is invalid
+    assert next_actions(next_q, online, mask).tolist() == [2, 0]  # the online net's 7.0 is invalid
+
+
+def test_discounted_returns_by_hand() -> None:
+    returns, discounts = discounted_returns(torch.tensor([1.0, 2.0]), torch.tensor([False, True]), 0.9)
+    assert returns.tolist() == [1.0, 2.0] and torch.allclose(discounts, torch.tensor([0.9, 0.0]))
+    rewards = torch.tensor([[1.0, 1.0, 1.0], [3.0, 0.0, 0.0]])  # n-step windows of 3 and 1 steps
+    mask = torch.tensor([[True, False], [False, False]])  # the second next state has no valid action
+    returns, discounts = discounted_returns(rewards, torch.tensor([False, False]), 0.5, torch.tensor([3, 1]), mask)
+    assert torch.allclose(returns, torch.tensor([1.75, 3.0])) and torch.allclose(discounts, torch.tensor([0.125, 0.0]))
+
+
+def test_categorical_projection_by_hand() -> None:
+    next_probs = torch.tensor([[0.2, 0.3, 0.5]]).expand(4, 3)
+    returns = torch.tensor([0.5, 0.0, 1.0, -3.0])
+    discounts = torch.tensor([0.0, 1.0, 0.5, 1.0])
+    target = categorical_targets(returns, discounts, next_probs, SUPPORT)
+    expected = [
+        [0.0, 0.5, 0.5],  # terminal at 0.5: halfway between atoms 0 and 1
+        [0.2, 0.3, 0.5],  # r = 0, γ = 1: every atom lands on itself, the distribution is kept
+        [0.0, 0.1, 0.9],  # 1 + z/2 = [0.5, 1, 1.5 -> clipped to 1]: 0.2 split, 0.3 + 0.5 on the top atom
+        [1.0, 0.0, 0.0],  # below v_min: all on the lowest atom
+    ]
+    assert torch.allclose(target, torch.tensor(expected))
+    assert torch.allclose(target.sum(dim=1), torch.ones(4))
+
+
+def test_categorical_loss_is_the_cross_entropy_of_the_taken_action() -> None:
+    logits = torch.zeros(2, 2, 3)
+    logits[1, 1] = torch.tensor([0.2, 0.3, 0.5]).log()
+    target = torch.tensor([[0.0, 0.1, 0.9], [0.0, 0.5, 0.5]])
+    loss = categorical_loss(logits, torch.tensor([0, 1]), target)
+    assert loss[0].item() == pytest.approx(math.log(3))  # a uniform prediction costs log K
+    assert loss[1].item() == pytest.approx(-(0.5 * math.log(0.3) + 0.5 * math.log(0.5)))
+
+
+def test_quantile_huber_loss_by_hand() -> None:
+    quantiles = torch.tensor([[[9.0, 9.0], [0.0, 1.0]]])  # action 1's quantiles at τ̂ = 0.25, 0.75
+    targets = torch.tensor([[0.5, 3.0]])
+    # u = T_j − θ_i: θ_0: [0.5, 3] (weights 0.25), θ_1: [−0.5 (weight |0.75 − 1|), 2 (weight 0.75)]
+    # Huber: 0.125, 2.5; 0.125, 1.5. Sum over i per target: 0.0625, 1.75; mean over targets: 0.90625
+    loss = quantile_huber_loss(quantiles, torch.tensor([1]), targets)
+    assert loss.tolist() == pytest.approx([0.90625])
+    assert torch.allclose(
+        quantile_targets(torch.tensor([1.0]), torch.tensor([0.5]), targets), torch.tensor([[1.25, 2.5]])
+    )
+
+
+def test_quantile_regression_converges_to_the_quantiles_of_its_targets() -> None:
+    """Minimising the loss against samples 0..99 puts the 4 quantiles at τ̂ = 1/8, 3/8, 5/8, 7/8 of them."""
+    theta = torch.zeros(1, 1, 4, requires_grad=True)
+    samples = torch.arange(100.0).unsqueeze(0)  # [1, 100]
+    optimizer = torch.optim.Adam([theta], lr=0.5)
+    for _ in range(2000):
+        optimizer.zero_grad()
+        quantile_huber_loss(theta, torch.tensor([0]), samples).sum().backward()
+        optimizer.step()
+    assert theta.detach().flatten().tolist() == pytest.approx([12.5, 37.5, 62.5, 87.5], abs=1.5)
+
+
+def test_c51_expected_value_matches_the_scalar_target() -> None:
+    """The projected target's mean is the scalar TD target wherever it stays inside [v_min, v_max]."""
+    support = torch.linspace(-10, 10, 51)
+    logits = torch.randn(5, 51, generator=torch.Generator().manual_seed(0))
+    next_probs = torch.softmax(logits.masked_fill(support.abs() > 5, -torch.inf), dim=1)  # mass within ±5
+    rewards, terminated, gamma = torch.tensor([0.3, -1.0, 2.0, 0.0, 1.5]), torch.tensor([0, 0, 1, 0, 0]).bool(), 0.9
+    returns, discounts = discounted_returns(rewards, terminated, gamma)
+    target = categorical_targets(returns, discounts, next_probs, support)
+    scalar = td_targets(rewards, (next_probs @ support).unsqueeze(1), terminated, gamma)
+    assert torch.allclose(target @ support, scalar, atol=1e-5)
+
+
+def test_networks_give_mean_q_values_of_their_distributions() -> None:
+    for network in (QNetwork, DuelingQNetwork):
+        c51 = network(4, 3, [8], distribution=Categorical(5, -2.0, 2.0))
+        obs = torch.randn(6, 4)
+        logits = c51.outputs(obs)
+        assert logits.shape == (6, 3, 5)
+        assert torch.allclose(c51(obs), torch.softmax(logits, dim=2) @ torch.linspace(-2, 2, 5))
+        qr = network(4, 3, [8], distribution=Quantiles(7))
+        assert qr.outputs(obs).shape == (6, 3, 7) and torch.allclose(qr(obs), qr.outputs(obs).mean(dim=2))
+    assert "distribution.support" in c51.state_dict()  # the atoms travel with the weights
+
+
+def test_dueling_distributions_combine_atom_by_atom() -> None:
+    net = DuelingQNetwork(2, 2, [3], distribution=Quantiles(2))
+    obs = torch.randn(4, 2)
+    shared = net.torso(obs)
+    value, advantage = net.value(shared).unsqueeze(1), net.advantage(shared).view(4, 2, 2)  # [B, 1, N], [B, A, N]
+    assert torch.allclose(net.outputs(obs), value + advantage - advantage.mean(dim=1, keepdim=True))
+
+
+SHORT = ["--trainer.max_steps=300", "--data.warmup_steps=300", "--trainer.val_check_interval=300"]
+EVERYTHING = [
+    "--model.double_dqn=true",
+    "--model.dueling=true",
+    "--data.n_step=3",
+    "--data.prioritized=true",
+    "--model.v_min=0",
+    "--model.v_max=100",
+]
+
+
+class HeadCheck(KeepSampledBatch):
+    """Recomputes each update from the nets and the batch, with the pure functions above: the weighted
+    mean of each sample's loss, and each sample's own loss as its new priority ``(loss + ε)^α``."""
+
+    def __init__(self, head: str, alpha: float = 0.6) -> None:
+        self.head, self.alpha, self.checked = head, alpha, 0
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        t, hp = self.transitions, pl_module.hparams
+        with torch.no_grad():
+            outputs, next_outputs = pl_module.policy_net.outputs(t.obs), pl_module.target_net.outputs(t.next_obs)
+            distribution = pl_module.policy_net.distribution
+            best = next_actions(distribution.q_values(next_outputs), pl_module.policy_net(t.next_obs))  # Double DQN
+            returns, discounts = discounted_returns(t.rewards, t.terminated, hp.gamma, t.steps)
+            chosen = next_outputs[torch.arange(len(best)), best]  # [B, K]
+            if self.head == "c51":
+                target = categorical_targets(returns, discounts, chosen.softmax(dim=1), distribution.support)
+                losses = categorical_loss(outputs, t.actions, target)
+            else:
+                losses = quantile_huber_loss(outputs, t.actions, quantile_targets(returns, discounts, chosen))
+        self.expected_loss = (t.weights * losses).mean()
+        self.expected_priorities = (losses.double() + trainer.datamodule.buffer.eps) ** self.alpha
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        assert torch.allclose(outputs["loss"], self.expected_loss)
+        stored = trainer.datamodule.buffer.tree.get(self.transitions.indices)
+        assert torch.allclose(stored, self.expected_priorities)
+        self.checked += 1
+
+
+@pytest.mark.parametrize("head", ["c51", "qr_dqn"])
+def test_each_head_trains_with_every_switch_on_its_own_loss_and_priorities(head: str, tmp_path) -> None:
+    cli, recorder = make_cli(tmp_path, *SHORT, *EVERYTHING, f"--model.distributional={head}")
+    check = HeadCheck(head)
+    cli.trainer.callbacks.append(check)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert check.checked == 300 and all(math.isfinite(x) and x > 0 for x in recorder.losses)
+    assert cli.trainer.callback_metrics["val/return_mean"] > 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_atoms": 1}, "model.num_atoms=1 is not allowed: it must be >= 2"),
+        ({"v_min": 5.0, "v_max": 5.0}, "model.v_min=5.0 is not allowed: it must be below model.v_max=5.0"),
+        ({"num_quantiles": 0}, "model.num_quantiles=0 is not allowed: it must be >= 1"),
+    ],
+)
+def test_a_bad_distribution_is_one_line(kwargs: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        DQN(4, 2, distributional="c51", **kwargs)
+    assert str(error.value) == message
+
+
+def test_noisy_linear_by_hand() -> None:
+    layer = NoisyLinear(2, 1, sigma0=0.5)
+    assert torch.allclose(layer.weight_sigma, torch.full((1, 2), 0.5 / math.sqrt(2)))  # σ₀/√fan_in
+    with torch.no_grad():
+        layer.weight_mu.copy_(torch.tensor([[1.0, 2.0]]))
+        layer.bias_mu.fill_(0.5)
+        layer.weight_sigma.copy_(torch.tensor([[0.1, 0.2]]))
+        layer.bias_sigma.fill_(0.3)
+        layer.noise_in.copy_(torch.tensor([1.0, -2.0]))
+        layer.noise_out.fill_(3.0)
+    x = torch.tensor([[1.0, 1.0]])
+    # weight μ + σ ⊙ (ε_out ε_inᵀ) = [1 + 0.1·3, 2 + 0.2·(−6)] = [1.3, 0.8]; bias 0.5 + 0.3·3 = 1.4
+    assert layer(x).item() == pytest.approx(1.3 + 0.8 + 1.4)
+    assert layer.eval()(x).item() == pytest.approx(3.5)  # eval: the means alone
+    layer.reset_noise(torch.Generator().manual_seed(7))
+    draws = torch.randn(2, generator=torch.Generator().manual_seed(7))
+    assert torch.allclose(layer.noise_in, draws.sign() * draws.abs().sqrt())
+
+
+def test_noisy_nets_make_the_q_head_noisy() -> None:
+    net = QNetwork(4, 2, [8, 8], noisy_sigma0=0.5)
+    assert [type(m).__name__ for m in net.net] == ["Linear", "ReLU", "NoisyLinear", "ReLU", "NoisyLinear"]
+    dueling = DuelingQNetwork(4, 2, [8, 8], distribution=Quantiles(3), noisy_sigma0=0.5)
+    assert all(isinstance(m, NoisyLinear) for s in (dueling.value, dueling.advantage) for m in s[::2])
+    assert isinstance(dueling.torso[0], torch.nn.Linear)
+
+
+class NoiseWatch(L.Callback):
+    """Each update's noise of the online and target nets' output layers, and whether greedy actions
+    during training ignore it."""
+
+    def __init__(self) -> None:
+        self.online: list[Tensor] = []
+        self.target: list[Tensor] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.online.append(pl_module.policy_net.net[-1].noise_out.clone())
+        self.target.append(pl_module.target_net.net[-1].noise_out.clone())
+        obs = batch.transitions.obs[:8].cpu().numpy()
+        with torch.no_grad():
+            means = pl_module.policy_net.eval()(batch.transitions.obs[:8]).argmax(dim=1).tolist()
+            pl_module.policy_net.train()
+        assert pl_module.greedy_actions(obs).tolist() == means and pl_module.policy_net.training
+
+
+def test_noisy_nets_draw_new_noise_every_update_and_act_greedily_without_it(tmp_path) -> None:
+    noisy = ["--model.noisy=true", "--model.eps_start=0", "--model.eps_end=0"]
+    cli, recorder = make_cli(tmp_path, *SHORT, *noisy)
+    watch = NoiseWatch()
+    cli.trainer.callbacks.append(watch)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert len(watch.online) == 300 and all(math.isfinite(x) for x in recorder.losses)
+    assert all(
+        not torch.equal(a, b) for a, b in zip(watch.online, watch.online[1:], strict=False)
+    )  # new noise each update
+    assert all(not torch.equal(a, b) for a, b in zip(watch.online, watch.target, strict=True))  # drawn independently
