@@ -180,18 +180,18 @@ class DQN(L.LightningModule):
                 "channels_first or channels_last (the CLI links it from the env)"
             )
         network = DuelingQNetwork if dueling else QNetwork
-        distribution = {
-            None: None,
-            "c51": lambda: Categorical(num_atoms, v_min, v_max),
-            "qr_dqn": lambda: Quantiles(num_quantiles),
-        }[distributional]
+        distribution = None
+        if distributional == "c51":
+            distribution = Categorical(num_atoms, v_min, v_max)
+        elif distributional == "qr_dqn":
+            distribution = Quantiles(num_quantiles)
         self.policy_net = network(
             obs_dim,
             n_actions,
             hidden_sizes,
             obs_shape=obs_shape,
             image_layout=obs_layout,
-            distribution=None if distribution is None else distribution(),
+            distribution=distribution,
             noisy_sigma0=noisy_sigma0 if noisy else None,
         )
         self.target_net = copy.deepcopy(self.policy_net).requires_grad_(False)
