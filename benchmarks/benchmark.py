@@ -207,6 +207,8 @@ class SolveTimer(L.Callback):
 
 
 def solve_seed(job: tuple[str, int, float, str, list[str], int]) -> dict:
+    from lit_dqn.episodes import EpisodeStatistics
+
     config, seed, threshold, device, extra, threads = job
     _quiet()
     torch.set_num_threads(threads)
@@ -217,7 +219,7 @@ def solve_seed(job: tuple[str, int, float, str, list[str], int]) -> dict:
         start = time.perf_counter()
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         fit_s = time.perf_counter() - start
-        episodes = len(cli.model.episode_durations)
+        episodes = len(EpisodeStatistics.of(cli.trainer).durations)
         best_val = float(cli.trainer.checkpoint_callback.best_model_score or float("nan"))
         test = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)[0]
     solved = test["test/return_mean"] >= threshold

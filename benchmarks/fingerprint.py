@@ -90,6 +90,7 @@ def fingerprint(config: str, overrides: list[str]) -> dict[str, Any]:
     import lit_dqn.module
     from lit_dqn.cli import DQNCLI
     from lit_dqn.data import GymDataModule
+    from lit_dqn.episodes import EpisodeStatistics
     from lit_dqn.module import DQN
 
     losses: list[float] = []
@@ -109,15 +110,15 @@ def fingerprint(config: str, overrides: list[str]) -> dict[str, Any]:
         cli.trainer.callbacks = [*callbacks, validations]
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         checkpoints = sorted(p.name for p in Path(root).rglob("*.ckpt"))
-    model = cli.model
+    model, episodes = cli.model, EpisodeStatistics.of(cli.trainer)
     return {
         "updates": len(losses),
         "global_step": cli.trainer.global_step,
         "losses": digest(losses),
         "weights": digest(model.state_dict()),
         "optimizer": digest(cli.trainer.optimizers[0].state_dict()["state"]),
-        "episodes": len(model.episode_durations),
-        "episode_history": digest([model.episode_durations, model.episode_returns]),
+        "episodes": len(episodes.durations),
+        "episode_history": digest([episodes.durations, episodes.returns]),
         "validations": validations.scores,
         "checkpoints": checkpoints,
     }

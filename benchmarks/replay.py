@@ -18,7 +18,7 @@ import time
 import torch
 
 from lit_dqn.buffer import ReplayBuffer
-from lit_dqn.prioritized import PrioritizedReplayBuffer
+from lit_dqn.sampling import PrioritizedSampler
 
 
 def filled(buffer: ReplayBuffer) -> ReplayBuffer:
@@ -31,9 +31,9 @@ def filled(buffer: ReplayBuffer) -> ReplayBuffer:
         buffer.next_index.copy_(torch.arange(1, buffer.capacity + 1, device=buffer.device))
         buffer.next_index[-1] = -1
     buffer.size, buffer.pos = buffer.capacity, 0
-    if isinstance(buffer, PrioritizedReplayBuffer):
+    if buffer.sampler.prioritized:
         slots = torch.arange(buffer.capacity, device=buffer.device)
-        buffer.update_priorities(slots, torch.rand(buffer.capacity, device=buffer.device))
+        buffer.sampler.update_priorities(slots, torch.rand(buffer.capacity, device=buffer.device))
     return buffer
 
 
@@ -60,13 +60,13 @@ def replay_costs(capacity: int, args: argparse.Namespace, device: torch.device) 
     """Median µs per batch: uniform sample, prioritized sample, prioritized priority update."""
     kwargs = {"device": device, "seed": 0, "n_step": args.n_step}
     uniform = filled(ReplayBuffer(capacity, (4,), **kwargs))
-    prioritized = filled(PrioritizedReplayBuffer(capacity, (4,), **kwargs))
+    prioritized = filled(ReplayBuffer(capacity, (4,), sampler=PrioritizedSampler(), **kwargs))
     errors = torch.rand(args.batch_size, device=device)
     indices = prioritized.sample(args.batch_size).indices
     calls = {
         "uniform": lambda: uniform.sample(args.batch_size),
         "sample": lambda: prioritized.sample(args.batch_size, beta=0.5),
-        "update": lambda: prioritized.update_priorities(indices, errors),
+        "update": lambda: prioritized.sampler.update_priorities(indices, errors),
     }
     rows = {name: [] for name in calls}
     for _ in range(args.rounds):  # alternate, so each sees the same machine

@@ -7,6 +7,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lit_dqn.sampling import Sampler, UniformSampler
+
 
 class Transitions(NamedTuple):
     """A batch of transitions; every field has the batch size as its first dimension.
@@ -53,7 +55,8 @@ class ReplayBuffer:
 
     Storage is allocated once, on ``device``, so pushing and sampling are a few indexed copies with
     no Python containers of tensors. When full, each push overwrites the oldest transitions.
-    Sampling is uniform with replacement, drawn from the buffer's own ``torch.Generator`` so that a
+    ``sampler`` picks each batch's slots (``sampling.UniformSampler``, the default, or
+    ``sampling.PrioritizedSampler``), drawn from the buffer's own ``torch.Generator`` so that a
     seed makes it reproducible independently of any other randomness.
 
     With ``n_step > 1`` each transition also stores where the same env's next transition of the same
@@ -76,6 +79,7 @@ class ReplayBuffer:
         num_envs: int = 1,
         obs_dtype: torch.dtype = torch.float32,
         action_mask_size: int | None = None,
+        sampler: Sampler | None = None,
     ) -> None:
         if capacity <= 0:
             raise ValueError(f"ReplayBuffer capacity must be > 0, got {capacity}")
@@ -102,14 +106,16 @@ class ReplayBuffer:
         self.generator = torch.Generator(device=self.device)
         if seed is not None:
             self.generator.manual_seed(seed)
+        self.sampler = sampler if sampler is not None else UniformSampler()
+        self.sampler.bind(capacity, self.device, removals=False)  # every slot below the size is a transition
 
     def __len__(self) -> int:
         return self.size
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the storage tensors: capacity × transition size, whatever is filled."""
-        return sum(t.numel() * t.element_size() for t in self._storage().values())
+        """Bytes held by the storage tensors and the sampler: capacity × transition size, whatever is filled."""
+        return sum(t.numel() * t.element_size() for t in self._storage().values()) + self.sampler.nbytes
 
     def push(
         self,
@@ -150,6 +156,7 @@ class ReplayBuffer:
         if self.n_step > 1:
             self.next_index[idx] = -1
             self._link(np.arange(self.pos, self.pos + n) % self.capacity, env_ids, continues)
+        self.sampler.added(idx)
         self.pos = (self.pos + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
         return idx
@@ -175,11 +182,14 @@ class ReplayBuffer:
         if self.n_step > 1:
             self.tail.fill(-1)
 
-    def sample(self, batch_size: int) -> Transitions:
-        """Draw ``batch_size`` transitions uniformly, with replacement (n-step windows if ``n_step > 1``)."""
+    def sample(self, batch_size: int, beta: float = 1.0) -> Transitions:
+        """Draw ``batch_size`` transitions with replacement (n-step windows if ``n_step > 1``), as the
+        sampler picks them; a prioritized draw carries its slots and importance-sampling weights
+        (exponent ``beta``)."""
         self._check_can_sample(batch_size)
-        idx = torch.randint(self.size, (batch_size,), device=self.device, generator=self.generator)
-        return self._gather(idx)
+        idx, weights = self.sampler.draw(batch_size, self.size, self.generator, beta)
+        batch = self._gather(idx)
+        return batch if weights is None else batch._replace(indices=idx, weights=weights)
 
     def _check_can_sample(self, batch_size: int) -> None:
         if batch_size > self.size:
@@ -214,19 +224,26 @@ class ReplayBuffer:
     def state_dict(self) -> dict[str, Any]:
         """Filled contents, write position and sampling RNG state, for exact resume (see ``_snapshot``).
 
-        The per-env open episodes (``tail``) are not saved: a resumed run starts new episodes.
+        The per-env open episodes (``tail``) are not saved: a resumed run starts new episodes. A
+        prioritized sampler's priorities are kept for the filled slots (8 bytes each).
         """
-        return {
+        state = {
             "capacity": self.capacity,
             "pos": self.pos,
             "size": self.size,
             "generator": self.generator.get_state(),
             "storage": {k: _snapshot(v, self.size) for k, v in self._storage().items()},
+            **self.sampler.state_dict(),
         }
+        if self.sampler.tree is not None:
+            tree = self.sampler.tree
+            state["priorities"] = tree.tree[tree.leaves : tree.leaves + self.size].cpu().clone()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a saved buffer. One saved with another ``n_step`` loads too: links are dropped,
-        or missing ones read as "no next step", so old transitions sample as one-step windows."""
+        or missing ones read as "no next step", so old transitions sample as one-step windows. One
+        saved with uniform replay loads into a prioritized sampler with every slot at priority 1."""
         if state["capacity"] != self.capacity:
             raise ValueError(
                 f"replay buffer holds {state['capacity']} transitions; "
@@ -242,6 +259,13 @@ class ReplayBuffer:
         self.end_episodes()
         self.pos, self.size = state["pos"], state["size"]
         self.generator.set_state(state["generator"])
+        if self.sampler.tree is not None:
+            tree = self.sampler.tree
+            leaves = tree.tree[tree.leaves :]
+            leaves.zero_()
+            leaves[: self.size] = state["priorities"].to(self.device) if "priorities" in state else 1.0
+            tree.rebuild()
+        self.sampler.load_state_dict(state)
 
 
 def _snapshot(storage: Tensor, size: int) -> Tensor:

@@ -10,6 +10,7 @@ import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 from lit_dqn.distributed import world
+from lit_dqn.episodes import EpisodeStatistics
 from lit_dqn.rollout import STOP_SIGNALS, StopRequested, clear_stop, request_stop
 
 
@@ -17,8 +18,9 @@ class EpisodeProgressBar(TQDMProgressBar):
     """Lightning's tqdm bar plus the episode count, the last episode's return and duration, their
     100-episode means and ε.
 
-    The numbers come from ``DQN.progress`` and are read only when the bar refreshes; logging them
-    with ``self.log(prog_bar=True)`` would cost more than a training step every time an episode ends.
+    The numbers come from the trainer's ``episodes.EpisodeStatistics`` and are read only when the bar
+    refreshes; logging them with ``self.log(prog_bar=True)`` would cost more than a training step every
+    time an episode ends.
     """
 
     @property
@@ -31,7 +33,8 @@ class EpisodeProgressBar(TQDMProgressBar):
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)
-        return {**getattr(pl_module, "progress", {}), **metrics}
+        statistics = EpisodeStatistics.of(trainer)
+        return {**(statistics.progress if statistics is not None else {}), **metrics}
 
 
 class GracefulStop(L.Callback):

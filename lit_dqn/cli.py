@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from lit_dqn.callbacks import GracefulStop
 from lit_dqn.checkpoints import (
@@ -24,6 +25,7 @@ from lit_dqn.checkpoints import (
 )
 from lit_dqn.checks import ConfigError
 from lit_dqn.data import GymDataModule
+from lit_dqn.episodes import EpisodeStatistics
 from lit_dqn.module import DQN, NonFiniteLossError
 from lit_dqn.rollout import StopRequested
 from lit_dqn.video import record_checkpoint
@@ -123,6 +125,8 @@ class DQNCLI(LightningCLI):
         _check_writable(Path(trainer.default_root_dir))
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # keep a plugin the user chose
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        if EpisodeStatistics.of(trainer) is None:  # the episode curves, means and progress-bar figures
+            trainer.callbacks.append(EpisodeStatistics())
         trainer.callbacks.append(GracefulStop())
         return trainer
 
@@ -196,6 +200,9 @@ REMOVED_KEYS = {
     ),
 }
 LEAFSPEC_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+# DQN._log_returns gathers every rank's greedy returns before logging them, so the values are already
+# the job's on every rank: Lightning's advice to sync them (again) does not apply.
+SYNC_DIST_ADVICE = r"It is recommended to use `self\.log\('(val|test)/return_(mean|std)'"
 RECORD_HELP = (
     "Videos of a trained agent: python -m lit_dqn record CKPT [--episodes 3] (python -m lit_dqn record --help)"
 )
@@ -229,6 +236,7 @@ def main(args: list[str] | None = None) -> int:
             # Lightning's own use of a torch class deprecated in torch 2.10 warns in every run; only a
             # Lightning release can fix it.
             warnings.filterwarnings("ignore", LEAFSPEC_WARNING, FutureWarning, "lightning.pytorch.utilities._pytree")
+            warnings.filterwarnings("ignore", SYNC_DIST_ADVICE, PossibleUserWarning)
             cli = DQNCLI(
                 DQN,
                 GymDataModule,

@@ -28,9 +28,9 @@ from lit_dqn.checks import (
 )
 from lit_dqn.distributed import episode_share, gather_to_rank_zero, rank_seed, world
 from lit_dqn.envs import ActionMasks, EnvSpec, ImageLayout, WrapperSpec
-from lit_dqn.frames import FrameReplayBuffer, PrioritizedFrameReplayBuffer
-from lit_dqn.prioritized import PrioritizedReplayBuffer
+from lit_dqn.frames import FrameReplayBuffer
 from lit_dqn.rollout import EnvRunner, ExplorationPolicy, GreedyPolicy, evaluate
+from lit_dqn.sampling import PrioritizedSampler, UniformSampler
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +52,6 @@ class ReplayBatch:
     update_priorities: Callable[[Tensor, Tensor], None] | None
 
 
-PRIORITIZED = (PrioritizedReplayBuffer, PrioritizedFrameReplayBuffer)
-
-
 class ReplayDataset(IterableDataset):
     """Endless stream of replay batches, each drawn after the env was stepped with the current policy.
 
@@ -65,8 +62,9 @@ class ReplayDataset(IterableDataset):
     feeds several updates. Counting transitions rather than calls keeps the ratio exact when a
     sub-env spends a call on its autoreset.
 
-    With a ``PrioritizedReplayBuffer``, each batch is sampled with the importance-sampling exponent
-    ``beta()`` gives at that moment (1, no annealing, if none is given).
+    With a prioritized sampler (``sampling.PrioritizedSampler``), each batch is sampled with the
+    importance-sampling exponent ``beta()`` gives at that moment (1, no annealing, if none is given),
+    and carries where the learner sends its new priorities.
     """
 
     def __init__(
@@ -95,18 +93,15 @@ class ReplayDataset(IterableDataset):
 
     def __iter__(self) -> Iterator[ReplayBatch]:
         runner, buffer = self.runner, self.runner.buffer
-        prioritized = isinstance(buffer, PRIORITIZED)
-        update_priorities = buffer.update_priorities if prioritized else None
+        sampler = buffer.sampler
+        update_priorities = sampler.update_priorities if sampler.prioritized else None
         while True:
             finished: list[tuple[float, int]] = []
             due = self.warmup_steps + math.ceil((self.batches + 1) * runner.num_envs / self.updates_per_step)
             while runner.env_steps < due:
                 finished += runner.step(self.policy)
             self.batches += 1
-            if prioritized:
-                transitions = buffer.sample(self.batch_size, beta=self.beta())
-            else:
-                transitions = buffer.sample(self.batch_size)
+            transitions = buffer.sample(self.batch_size, beta=self.beta())
             yield ReplayBatch(
                 transitions, finished, runner.episodes, runner.env_steps, runner.epsilon, len(buffer), update_priorities
             )
@@ -330,15 +325,10 @@ class GymDataModule(L.LightningDataModule):
         shape = self.observation_space.shape
         # Atari's frame stacks share 3 of 4 frames with their neighbours: a frame ring stores each once.
         frames = is_atari(hp.env_id)
-        if hp.prioritized:
-            prioritized = PrioritizedFrameReplayBuffer if frames else PrioritizedReplayBuffer
-            self.buffer = prioritized(
-                hp.buffer_capacity, shape, num_envs=hp.num_envs, alpha=hp.priority_alpha, eps=hp.priority_eps, **kwargs
-            )
-        else:
-            self.buffer = (FrameReplayBuffer if frames else ReplayBuffer)(
-                hp.buffer_capacity, shape, num_envs=hp.num_envs, **kwargs
-            )
+        # Storage layout and sampling are two independent choices.
+        sampler = PrioritizedSampler(hp.priority_alpha, hp.priority_eps) if hp.prioritized else UniformSampler()
+        storage = FrameReplayBuffer if frames else ReplayBuffer
+        self.buffer = storage(hp.buffer_capacity, shape, num_envs=hp.num_envs, sampler=sampler, **kwargs)
         envs = self.env_spec.make_vec(hp.num_envs, training=True, vectorization_mode=hp.vectorization_mode)
         self.runner = EnvRunner(
             envs, self.buffer, seed=int(runner_seed.generate_state(1)[0]), masks=self.env_spec.masks()

@@ -1,15 +1,13 @@
-"""What several DDP processes (ranks) share and what each owns: seeds, evaluation episodes, job totals.
+"""What several DDP processes (ranks) share and what each owns: seeds, evaluation episodes, replay state.
 
 Each rank steps its own envs into its own replay buffer and samples its own batches; DDP all-reduces
 the gradients, so one update learns from ``world_size × batch_size`` transitions. With one process
 every function here is the identity, and a run is bit for bit what it was before DDP support.
 """
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 import torch.distributed as dist
 
 
@@ -36,25 +34,6 @@ def episode_share(episodes: int, rank: int, world_size: int) -> tuple[int, int]:
     count = base + (rank < extra)
     offset = rank * base + min(rank, extra)
     return offset, count
-
-
-def sum_over_ranks(values: Sequence[float], device: torch.device) -> list[float]:
-    """Element-wise sum of ``values`` over all ranks, in float64 so counters stay exact; ``device`` is
-    where the process group's backend reduces (the model's: NCCL on CUDA, gloo on the CPU)."""
-    if world()[1] == 1:
-        return list(values)
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return tensor.tolist()
-
-
-def gather_objects(obj: Any) -> list[Any]:
-    """Every rank's ``obj``, in rank order, on every rank (small objects: episode statistics)."""
-    if world()[1] == 1:
-        return [obj]
-    gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, obj)
-    return gathered
 
 
 def gather_to_rank_zero(obj: Any) -> list[Any]:

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from lit_dqn.buffer import Transitions, n_step_window
-from lit_dqn.prioritized import SumTree, importance_weights, priorities_of, stratified_draw
+from lit_dqn.sampling import Sampler, UniformSampler
 
 
 class FrameReplayBuffer:
@@ -31,9 +31,10 @@ class FrameReplayBuffer:
     n-step windows (``tests/test_frames.py`` checks this against a plain buffer). ``capacity``
     counts slots, so a ring of short episodes holds slightly fewer transitions.
 
-    When the ring overwrites a slot, the transitions whose stacks read it stop being sampleable.
-    Sampling is uniform over sampleable slots, through a sum-tree of 0/1 weights (the same tree
-    prioritized replay uses), so the draw is one vectorised tree walk with no rejection loop.
+    When the ring overwrites a slot, the transitions whose stacks read it stop being sampleable:
+    the ring tells its ``sampler`` (``sampling.UniformSampler``, the default, or
+    ``sampling.PrioritizedSampler``), whose sum-tree then gives those slots, and start slots, weight 0,
+    so a draw is one vectorised tree walk with no rejection loop.
     Bookkeeping that decides which slots exist (links, write order) also lives on the host, in
     NumPy, so a push never waits for the device.
     """
@@ -48,6 +49,7 @@ class FrameReplayBuffer:
         num_envs: int = 1,
         obs_dtype: torch.dtype = torch.uint8,
         action_mask_size: int | None = None,
+        sampler: Sampler | None = None,
     ) -> None:
         self.stack = int(obs_shape[0])  # K frames per observation
         if capacity < 4 * num_envs * (self.stack + 1):
@@ -67,7 +69,8 @@ class FrameReplayBuffer:
         self.next_mask = (  # per transition slot: the actions valid in its next_obs (action masks only)
             torch.ones((capacity, action_mask_size), dtype=torch.bool, device=self.device) if action_mask_size else None
         )
-        self.tree = SumTree(capacity, self.device)  # sampling weight per slot: 0 for start or stale slots
+        self.sampler = sampler if sampler is not None else UniformSampler()
+        self.sampler.bind(capacity, self.device, removals=True)  # its tree: weight 0 for start or stale slots
         # Host bookkeeping, one entry per slot.
         self.host_prev = np.arange(capacity, dtype=np.int64)
         self.serial = np.full(capacity, -1, dtype=np.int64)  # write count when the slot was written
@@ -170,8 +173,7 @@ class FrameReplayBuffer:
         is_transition = torch.as_tensor(np.isin(slots, transitions), device=self.device)
         self.sampleable[transitions] = True
         self.size += n
-        weights = torch.where(is_transition, self._entry_weight(), 0.0)  # start slots are never drawn
-        self.tree.set(device_slots, weights)
+        self.sampler.added(device_slots, sampleable=is_transition)  # start slots are never drawn
         self._drop_stale()
         return at
 
@@ -194,22 +196,20 @@ class FrameReplayBuffer:
         if len(stale):
             self.sampleable[stale] = False
             self.size -= len(stale)
-            self.tree.set(torch.as_tensor(stale, device=self.device), torch.zeros(len(stale), device=self.device))
-
-    def _entry_weight(self) -> Tensor:
-        """The sampling weight a new transition enters with: 1, uniform."""
-        return torch.ones((), device=self.device)
+            self.sampler.removed(torch.as_tensor(stale, device=self.device))
 
     def end_episodes(self) -> None:
         """Forget every env's open episode (a resumed run starts fresh ones)."""
         self.head.fill(-1)
         self.last.fill(-1)
 
-    def sample(self, batch_size: int) -> Transitions:
-        """Draw ``batch_size`` sampleable transitions uniformly, with replacement."""
+    def sample(self, batch_size: int, beta: float = 1.0) -> Transitions:
+        """Draw ``batch_size`` sampleable transitions with replacement, as the sampler picks them; a
+        prioritized draw carries its slots and importance-sampling weights (exponent ``beta``)."""
         self._check_can_sample(batch_size)
-        uniform = torch.rand(batch_size, dtype=self.tree.tree.dtype, device=self.device, generator=self.generator)
-        return self._gather(self.tree.find(uniform * self.tree.total))
+        idx, weights = self.sampler.draw(batch_size, self.size, self.generator, beta)
+        batch = self._gather(idx)
+        return batch if weights is None else batch._replace(indices=idx, weights=weights)
 
     def _check_can_sample(self, batch_size: int) -> None:
         if batch_size > self.size:
@@ -241,7 +241,7 @@ class FrameReplayBuffer:
             "rewards": self.rewards,
             "terminated": self.terminated,
             "next_index": self.next_index,
-            "weights": self.tree.tree,
+            "weights": self.sampler.tree.tree,
         }
         if self.next_mask is not None:
             tensors["next_mask"] = self.next_mask
@@ -266,6 +266,7 @@ class FrameReplayBuffer:
             "generator": self.generator.get_state(),
             "storage": {k: v.cpu() for k, v in self._tensors().items()},
             "host": {k: torch.from_numpy(v) for k, v in self._arrays().items()},
+            **self.sampler.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -283,39 +284,5 @@ class FrameReplayBuffer:
             array[:] = state["host"][key].numpy()
         self.written, self.span, self.size = state["written"], state["span"], state["size"]
         self.generator.set_state(state["generator"])
+        self.sampler.load_state_dict(state)
         self.end_episodes()
-
-
-class PrioritizedFrameReplayBuffer(FrameReplayBuffer):
-    """Prioritized replay (``PrioritizedReplayBuffer``'s rules) over a frame ring: the sum-tree holds
-    priorities instead of 0/1 weights, and start or stale slots keep priority 0."""
-
-    def __init__(self, *args: Any, alpha: float = 0.6, eps: float = 1e-6, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.alpha = alpha
-        self.eps = eps
-        self.max_priority = torch.ones((), dtype=self.tree.tree.dtype, device=self.device)  # largest p^α so far
-
-    def _entry_weight(self) -> Tensor:
-        return self.max_priority
-
-    def sample(self, batch_size: int, beta: float = 1.0) -> Transitions:
-        """Draw ``batch_size`` transitions by priority; they carry their slots and IS weights."""
-        self._check_can_sample(batch_size)
-        idx = stratified_draw(self.tree, batch_size, self.generator)
-        weights = importance_weights(self.tree, idx, self.size, beta)
-        return self._gather(idx)._replace(indices=idx, weights=weights)
-
-    def update_priorities(self, indices: Tensor, td_errors: Tensor) -> None:
-        """Set the priorities of slots ``indices`` ``[B]`` from their new ``|δ|`` ``[B]`` (the batch just
-        sampled: nothing is pushed between sampling a batch and learning from it)."""
-        priorities = priorities_of(td_errors, self.eps, self.alpha, self.tree.tree.dtype)
-        self.tree.set(indices, priorities)
-        torch.maximum(self.max_priority, priorities.max(), out=self.max_priority)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "max_priority": self.max_priority.cpu().clone()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.max_priority.copy_(state["max_priority"])

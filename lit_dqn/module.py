@@ -13,7 +13,6 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import Tensor
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
-from torchmetrics.aggregation import MeanMetric
 
 from lit_dqn.buffer import Transitions
 from lit_dqn.checks import (
@@ -25,7 +24,7 @@ from lit_dqn.checks import (
     check_sizes,
 )
 from lit_dqn.data import ReplayBatch
-from lit_dqn.distributed import gather_objects, sum_over_ranks, world
+from lit_dqn.distributed import world
 from lit_dqn.envs import EnvSpec
 from lit_dqn.exploration import exponential_epsilon, linear_epsilon
 from lit_dqn.losses import (
@@ -52,6 +51,7 @@ from lit_dqn.networks import (
     soft_update,
 )
 from lit_dqn.optimization import StepCounter, plain_calls_are_exact
+from lit_dqn.scalars import is_logging_step, write_scalars
 
 
 class NonFiniteLossError(RuntimeError):
@@ -201,23 +201,16 @@ class DQN(L.LightningModule):
         self._noise_seed = int(torch.randint(2**62, ())) if noisy else 0
         self._noise: torch.Generator | None = None  # on the model's device, from on_train_start
         self._noise_state: Tensor | None = None  # a checkpoint's generator state, applied in on_train_start
-        self.mean100 = MeanMetric()  # averages the last 100 episodes' returns or durations when they are logged
-        self.episode_durations: list[int] = []
-        self.episode_returns: list[float] = []
         self._eps_span = math.inf  # env steps the linear ε schedule spans, from trainer.max_steps (setup)
         self._schedule_max_steps: int | None = None  # the trainer.max_steps the run started with (setup)
-        self._mean_logged_at = 0  # episodes ended when the 100-episode mean was last logged
         self._soft_update_pairs: tuple[list[Tensor], list[Tensor]] = ([], [])  # (target, online), see on_train_start
         self._loss_finite: Tensor | None = None  # every TD loss since the last check was finite
         self._updates_checked = 0  # updates whose loss is known to be finite
         self._world_size = 1  # processes training together (DDP ranks), from on_train_start
         self._count_step: StepCounter | None = None  # set when plain torch calls are exact, from on_train_start
-        self.progress: dict[str, float] = {}  # shown by lit_dqn.callbacks.EpisodeProgressBar
         # The env a loaded checkpoint was trained on (``DQN.load_from_checkpoint(path).env_spec.make()``).
         self.env_spec: EnvSpec | None = None
-        # Several ranks (DDP): this rank's episodes not yet gathered, and the job's totals over all
-        # ranks, agreed every step (see _sync_ranks).
-        self._pending_episodes: list[tuple[float, int]] = []
+        # Several ranks (DDP): the job's totals over all ranks, agreed every update (see _sync_ranks).
         self.job_episodes = self.job_env_steps = 0
 
     def forward(self, obs: Tensor) -> Tensor:
@@ -279,80 +272,14 @@ class DQN(L.LightningModule):
         return actions, eps
 
     def on_train_batch_start(self, batch: ReplayBatch, batch_idx: int) -> None:
-        """Record the episodes that ended while this batch was collected; on logging steps, log their
-        100-episode means; stop after this update once ``max_episodes`` episodes ended.
-
-        With several ranks, one small all-reduce shares the job's episode and env-step counts and any
-        stop request (Ctrl-C, SIGTERM, ``max_episodes``), so every rank stops after the same update;
-        the episodes wait on this rank until a logging step, when every rank's are gathered and
-        recorded in rank order (one collective per logging step, not per episode).
-        """
-        if batch.finished:
-            if self._world_size == 1:
-                self._record_episodes(batch.finished)
-                self.progress["episodes"] = batch.episodes
-            else:
-                self._pending_episodes.extend(batch.finished)
-            self.progress["return"], self.progress["duration"] = batch.finished[-1]
-        self.progress["eps"] = round(batch.epsilon, 3)
+        """Stop after this update once ``max_episodes`` episodes ended. With several ranks, the job's
+        episode and env-step counts and any stop request (Ctrl-C, SIGTERM, ``max_episodes``) are
+        agreed first (``_sync_ranks``), so every rank stops after the same update. (The episodes
+        themselves are ``episodes.EpisodeStatistics``' to record.)"""
         if self._world_size > 1:
             self._sync_ranks(batch.episodes, batch.env_steps)
         elif self.hparams.max_episodes is not None and batch.episodes >= self.hparams.max_episodes:
             self.trainer.should_stop = True  # Lightning ends the fit after this update
-        if self._is_logging_step(batch_idx):
-            self._gather_episodes()
-            self._log_episode_means()
-
-    def _gather_episodes(self) -> None:
-        """Record every rank's episodes that ended since the last call, in rank order (DDP only)."""
-        if self._world_size == 1:
-            return
-        for pending in gather_objects(self._pending_episodes):
-            self._record_episodes(pending)
-        self._pending_episodes = []
-
-    def _record_episodes(self, finished: Sequence[tuple[float, int]]) -> None:
-        """Log each episode's ``(return, length)`` at its episode index (the tutorial's x axis)."""
-        first = len(self.episode_durations) + 1
-        for episode_return, length in finished:
-            self.episode_returns.append(episode_return)
-            self.episode_durations.append(length)
-        for episode, (episode_return, length) in enumerate(finished, start=first):
-            self._write_to_loggers({"train/episode_return": episode_return, "train/episode_duration": length}, episode)
-
-    def _log_episode_means(self) -> None:
-        """Log the 100-episode means at the newest episode, if episodes ended since they were last logged.
-
-        Called on logging steps and at the end of training, not per episode: the means are taken
-        over the episode history then. (torchmetrics' ``RunningMean`` costs ~0.1 ms per episode to
-        update and ~1.7 ms to compute, more than an update.)
-        """
-        last = len(self.episode_durations)
-        if last == self._mean_logged_at:
-            return
-        means = {
-            "train/episode_return_mean100": self._mean_of_last_100(self.episode_returns),
-            "train/episode_duration_mean100": self._mean_of_last_100(self.episode_durations),
-        }
-        self._write_to_loggers(means, step=last)
-        self.progress["return100"] = round(means["train/episode_return_mean100"], 1)
-        self.progress["duration100"] = round(means["train/episode_duration_mean100"], 1)
-        self._mean_logged_at = last
-
-    def _write_to_loggers(self, metrics: dict[str, float], step: int) -> None:
-        """Scalars that are already what they say (one update's loss, one episode's return), written
-        straight to the loggers at their own x axis. ``self.log`` would keep a result per key that
-        Lightning walks after every training step, logged or not: ~50 µs per update on a CPU, about
-        4% of a CartPole update (``benchmarks/README.md``). So ``train/*`` is in TensorBoard but not
-        in ``trainer.callback_metrics``; ``val/*`` and ``test/*`` go through ``self.log``."""
-        for logger in self.loggers:
-            logger.log_metrics(metrics, step=step)
-
-    def _mean_of_last_100(self, values: Sequence[float]) -> float:
-        self.mean100.update(torch.tensor(values[-100:], dtype=torch.float64))
-        mean = float(self.mean100.compute())
-        self.mean100.reset()
-        return mean
 
     def training_step(self, batch: ReplayBatch, batch_idx: int) -> Tensor:
         """One DQN update, the tutorial's ``optimize_model``: TD targets from the target network,
@@ -393,9 +320,10 @@ class DQN(L.LightningModule):
             errors = td_errors(outputs, actions, targets) if distribution is None else losses.detach()
             batch.update_priorities(indices, errors)
 
-        if self._is_logging_step(batch_idx):
+        if is_logging_step(self.trainer, batch_idx):
             self._check_loss_finite()
-            self._write_to_loggers(
+            write_scalars(
+                self.trainer,
                 {
                     "train/loss": loss.item(),
                     "train/q_mean": self._q_values(outputs).detach().mean().item(),
@@ -462,13 +390,6 @@ class DQN(L.LightningModule):
             return None
         return next((p for p in (callback.last_model_path, callback.best_model_path) if p and Path(p).is_file()), None)
 
-    def _is_logging_step(self, batch_idx: int) -> bool:
-        """Log step values only every ``trainer.log_every_n_steps``-th batch, when Lightning writes
-        logs (the replay stream is one endless epoch, so ``batch_idx`` counts every batch):
-        the logging and the 100-episode means cost more than an update."""
-        every = self.trainer.log_every_n_steps
-        return every > 0 and (batch_idx + 1) % every == 0
-
     def on_train_start(self) -> None:
         """Set up what training steps use, once the model is on its device and a checkpoint (if
         any) is restored.
@@ -493,30 +414,25 @@ class DQN(L.LightningModule):
             group["lr"] = self.hparams.lr
 
     def _sync_ranks(self, episodes: int, env_steps: int) -> None:
-        """One small all-reduce per update (DDP): the job's episodes and env steps (summed over ranks),
-        and whether any rank must stop (Ctrl-C, SIGTERM, ``max_episodes``). Stop requests take
-        effect here, before the update, so every rank stops after the same update: a rank that
-        stopped alone would leave the others waiting in DDP's gradient all-reduce."""
-        trainer = self.trainer
-        stop, episodes, env_steps = sum_over_ranks([float(trainer.should_stop), episodes, env_steps], self.device)
-        self.job_episodes, self.job_env_steps = int(episodes), int(env_steps)
-        self.progress["episodes"] = self.job_episodes
+        """The job's episodes and env steps (summed over the ranks with the strategy's ``reduce``), and
+        whether any rank must stop (Ctrl-C, SIGTERM, ``max_episodes``: ``reduce_boolean_decision``),
+        at every update's start (DDP). Stop requests take effect here, before the update, so every
+        rank stops after the same update: a rank that stopped alone would leave the others waiting
+        in DDP's gradient all-reduce."""
+        trainer, strategy = self.trainer, self.trainer.strategy
+        counts = torch.tensor([episodes, env_steps], dtype=torch.float64, device=self.device)  # float64: exact
+        self.job_episodes, self.job_env_steps = (int(n) for n in strategy.reduce(counts, reduce_op="sum").tolist())
         max_episodes = self.hparams.max_episodes
-        trainer.should_stop = stop > 0 or (max_episodes is not None and self.job_episodes >= max_episodes)
+        stop = trainer.should_stop or (max_episodes is not None and self.job_episodes >= max_episodes)
+        trainer.should_stop = strategy.reduce_boolean_decision(stop, all=False)
 
     def on_train_end(self) -> None:
-        """Log the 100-episode means of the final episodes, so the curves end where training did, and
-        report a loss that went non-finite after the last check."""
-        self._gather_episodes()
-        self._log_episode_means()
+        """Report a loss that went non-finite after the last check."""
         self._check_loss_finite()
 
     def on_validation_start(self) -> None:
-        """Stop before scoring ruined weights: with logging off, validation is the regular check. Record
-        every rank's episodes so far, so a plot places this validation at the job's episode count."""
+        """Stop before scoring ruined weights: with logging off, validation is the regular check."""
         self._check_loss_finite()
-        if self.trainer.state.fn == "fit":
-            self._gather_episodes()
 
     def validation_step(self, returns: Tensor, batch_idx: int) -> None:
         self._log_returns("val", returns)
@@ -525,27 +441,29 @@ class DQN(L.LightningModule):
         self._log_returns("test", returns)
 
     def _log_returns(self, stage: str, returns: Tensor) -> None:
-        """Mean and std of the greedy returns; with several ranks, over every rank's share of the episodes,
-        so each rank's EarlyStopping and ModelCheckpoint see the same value."""
-        world_size = world()[1]
-        if world_size == 1:
-            mean, std, count = returns.mean(), returns.std(unbiased=False), returns.numel()
-        else:
-            total, squares, count = sum_over_ranks(
-                [returns.sum().item(), returns.square().sum().item(), returns.numel()], self.device
-            )
-            mean = torch.tensor(total / count, dtype=torch.float32)
-            std = torch.tensor(math.sqrt(max(squares / count - (total / count) ** 2, 0.0)), dtype=torch.float32)
-        # With several ranks the values are already the job's, the same on every rank, and so is the
-        # batch size: Lightning's sync then leaves them as they are.
+        """Mean and std of the greedy returns ``[episodes]``; with several ranks, of every rank's share
+        of the episodes, gathered in episode order, so each rank's EarlyStopping and ModelCheckpoint
+        see the job's value, the one a single process computes from the same episodes."""
+        returns = self._gather_returns(returns)  # [job's episodes]
         self.log_dict(
-            {f"{stage}/return_mean": mean, f"{stage}/return_std": std},
+            {f"{stage}/return_mean": returns.mean(), f"{stage}/return_std": returns.std(unbiased=False)},
             prog_bar=True,
-            batch_size=int(count),
-            sync_dist=world_size > 1,
+            batch_size=returns.numel(),
         )
-        if self.trainer.state.fn == "fit":  # x axis: the updates done, whatever a training step holds
-            self.log("step", float(self.global_step), batch_size=int(count))
+        if self.trainer.state.fn == "fit":  # x axis: the updates done
+            self.log("step", float(self.global_step), batch_size=returns.numel())
+
+    def _gather_returns(self, returns: Tensor) -> Tensor:
+        """Every rank's ``returns``, rank after rank (``distributed.episode_share`` gives rank r the
+        episodes after rank r − 1's). ``all_gather`` needs one shape and the shares differ by at most
+        one episode, so each share is padded to the largest and the padding dropped."""
+        if self.trainer.world_size == 1:
+            return returns
+        counts = self.all_gather(torch.tensor(returns.numel(), device=self.device)).tolist()  # [ranks]
+        padded = returns.new_zeros(max(counts))
+        padded[: returns.numel()] = returns
+        gathered = self.all_gather(padded)  # [ranks, max(counts)]
+        return torch.cat([share[:count] for share, count in zip(gathered, counts, strict=True)])
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # The fused kernel updates all parameters in one call instead of a Python loop over
@@ -572,12 +490,8 @@ class DQN(L.LightningModule):
             self._schedule_max_steps = started  # and the next checkpoint keeps it
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse to save non-finite weights; keep the episode history, so a resumed run continues
-        its curves and its 100-episode mean."""
+        """Refuse to save non-finite weights; keep the schedules' pace and the noise generator."""
         self._check_loss_finite()
-        self._gather_episodes()  # every rank saves (Lightning dumps the checkpoint on each), so all gather
-        checkpoint["episode_durations"] = list(self.episode_durations)
-        checkpoint["episode_returns"] = list(self.episode_returns)
         checkpoint["schedules"] = {"max_steps": self._schedule_max_steps, "eps_span": self._eps_span}
         if self._noise is not None:  # noisy nets: where each rank's noise stream is, for an exact resume
             state = self._noise.get_state()  # [S] uint8, on the host
@@ -586,7 +500,7 @@ class DQN(L.LightningModule):
             checkpoint["noise_generator"] = state
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the episode history, the linear ε span the run started with, and the env spec the
+        """Restore the linear ε span the run started with, the noise generator, and the env spec the
         checkpoint's data module was made with."""
         data = checkpoint.get("datamodule_hyper_parameters")
         if isinstance(data, dict) and "env_id" in data:
@@ -595,7 +509,3 @@ class DQN(L.LightningModule):
         if schedules is not None and self._trainer is not None and self.trainer.state.fn == "fit":
             self._keep_schedules(schedules, prioritized=isinstance(data, dict) and bool(data.get("prioritized")))
         self._noise_state = checkpoint.get("noise_generator")
-        self.episode_durations = list(checkpoint.get("episode_durations", []))
-        # Checkpoints written before returns were kept: the durations stand in (exact on CartPole, +1 a step).
-        self.episode_returns = list(checkpoint.get("episode_returns", map(float, self.episode_durations)))
-        self._mean_logged_at = len(self.episode_durations)

@@ -11,6 +11,8 @@ import numpy as np
 from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
 
+from lit_dqn.episodes import EpisodeStatistics
+
 
 class Validation(NamedTuple):
     """One greedy validation run during training."""
@@ -93,18 +95,21 @@ class TrainingPlot(L.Callback):
         metrics = trainer.callback_metrics
         if trainer.sanity_checking or trainer.state.fn != "fit" or "val/return_mean" not in metrics:
             return
-        episodes = len(getattr(pl_module, "episode_durations", ()))
+        statistics = EpisodeStatistics.of(trainer)
+        episodes = len(statistics.durations) if statistics is not None else 0
         mean, std = float(metrics["val/return_mean"]), float(metrics.get("val/return_std", 0.0))
         self.validations.append(Validation(episodes, trainer.global_step, mean, std))
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         logger = trainer.logger
-        durations = getattr(pl_module, "episode_durations", [])
-        if not trainer.is_global_zero or not durations or logger is None or logger.log_dir is None:
+        statistics = EpisodeStatistics.of(trainer)
+        if statistics is None or not statistics.durations:
+            return
+        if not trainer.is_global_zero or logger is None or logger.log_dir is None:
             return
         figure = plot_episodes(
-            pl_module.episode_returns,
-            durations,
+            statistics.returns,
+            statistics.durations,
             Path(logger.log_dir) / self.filename,
             self.validations,
             self._threshold(trainer),

@@ -11,6 +11,8 @@ import lightning as L
 import numpy as np
 import torch
 
+from lit_dqn.episodes import EpisodeStatistics
+
 EPISODE_LENGTH = 10
 
 
@@ -79,7 +81,7 @@ class RankProbe(L.Callback):
             "obs": runner.buffer.state_dict()["storage"]["obs"][:64].clone(),
             "next_mask": None if masks is None else masks[: len(runner.buffer)].clone(),
             "job": (pl_module.job_episodes, pl_module.job_env_steps),
-            "history": list(pl_module.episode_durations),
+            "history": list(EpisodeStatistics.of(trainer).durations),
         }
         torch.save(state, self.out_dir / f"rank{trainer.global_rank}.pt")
 

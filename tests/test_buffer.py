@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from lit_dqn import ReplayBuffer
-from lit_dqn.prioritized import PrioritizedReplayBuffer
+from lit_dqn.sampling import PrioritizedSampler, UniformSampler
 
 
 def push_range(buffer: ReplayBuffer, start: int, n: int) -> None:
@@ -98,13 +98,13 @@ def n_step_reference(episodes_by_env: dict[int, list[list[int]]], start: int, n:
     raise AssertionError(start)
 
 
-@pytest.mark.parametrize("buffer_class", [ReplayBuffer, PrioritizedReplayBuffer], ids=["uniform", "prioritized"])
+@pytest.mark.parametrize("sampler", [UniformSampler, PrioritizedSampler], ids=["uniform", "prioritized"])
 @pytest.mark.parametrize("capacity", [64, 23], ids=["no-wrap", "wrapped"])
-def test_n_step_windows_follow_one_env_within_an_episode(capacity: int, buffer_class: type[ReplayBuffer]) -> None:
+def test_n_step_windows_follow_one_env_within_an_episode(capacity: int, sampler: type) -> None:
     """Two envs push interleaved; every sampled window must be the next steps of the same env's
     episode, end at a termination or truncation, and stop at the newest step pushed so far."""
     n, next_id = 3, 0
-    buffer = buffer_class(capacity, (1,), seed=0, n_step=n, num_envs=2)
+    buffer = ReplayBuffer(capacity, (1,), seed=0, n_step=n, num_envs=2, sampler=sampler())
     rng = torch.Generator().manual_seed(1)
     episodes_by_env: dict[int, list[list[int]]] = {0: [[]], 1: [[]]}
     terminated_ids = set()
@@ -125,8 +125,8 @@ def test_n_step_windows_follow_one_env_within_an_episode(capacity: int, buffer_c
         t = torch.tensor(ids, dtype=torch.float32)
         buffer.push(t[:, None], torch.zeros(len(ids)), t, t[:, None] + 0.5, torch.tensor(terminated),
                     env_ids=env_ids, continues=[not e for e in ended])  # fmt: skip
-    if isinstance(buffer, PrioritizedReplayBuffer):  # skewed priorities: windows start anywhere, unevenly
-        buffer.update_priorities(torch.arange(len(buffer)), torch.rand(len(buffer), generator=rng) * 10)
+    if buffer.sampler.prioritized:  # skewed priorities: windows start anywhere, unevenly
+        buffer.sampler.update_priorities(torch.arange(len(buffer)), torch.rand(len(buffer), generator=rng) * 10)
     held = set(buffer.obs[: len(buffer), 0].long().tolist())
     batches = [buffer.sample(len(buffer)) for _ in range(20)]
     batch = type(batches[0])(

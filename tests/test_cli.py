@@ -7,7 +7,8 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lit_dqn import DQN
+from lit_dqn import DQN, EpisodeStatistics, GymDataModule
+from lit_dqn.cli import DQNCLI
 
 from .conftest import CONFIG, ROOT, SHORT_FIT, FitRun, run_cli
 
@@ -163,6 +164,17 @@ def test_max_episodes_stops_training(tmp_path) -> None:
     assert events.Scalars("train/episode_duration_mean100")[-1].step == 5
     ckpt = torch.load(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=False)
     assert ckpt["global_step"] < 600
+
+
+@pytest.mark.parametrize("listed", [False, True], ids=["added", "listed-in-the-config"])
+def test_every_trainer_the_cli_builds_keeps_one_episode_history(listed: bool, tmp_path) -> None:
+    """The episode curves, means and progress-bar figures come from one ``EpisodeStatistics``: the
+    CLI adds it, unless the config lists one already (two would log every episode twice)."""
+    args = ["--config", str(CONFIG), f"--trainer.default_root_dir={tmp_path}"]
+    args += ["--trainer.callbacks+=lit_dqn.episodes.EpisodeStatistics"] if listed else []
+    cli = DQNCLI(DQN, GymDataModule, args=args, run=False)
+    assert sum(isinstance(cb, EpisodeStatistics) for cb in cli.trainer.callbacks) == 1
+    assert EpisodeStatistics.of(cli.trainer) is not None
 
 
 def test_progress_bar_can_be_turned_off(tmp_path) -> None:

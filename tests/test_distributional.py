@@ -157,11 +157,11 @@ class HeadCheck(KeepSampledBatch):
             else:
                 losses = quantile_huber_loss(outputs, t.actions, quantile_targets(returns, discounts, chosen))
         self.expected_loss = (t.weights * losses).mean()
-        self.expected_priorities = (losses.double() + trainer.datamodule.buffer.eps) ** self.alpha
+        self.expected_priorities = (losses.double() + trainer.datamodule.buffer.sampler.eps) ** self.alpha
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         assert torch.allclose(outputs["loss"], self.expected_loss)
-        stored = trainer.datamodule.buffer.tree.get(self.transitions.indices)
+        stored = trainer.datamodule.buffer.sampler.tree.get(self.transitions.indices)
         assert torch.allclose(stored, self.expected_priorities)
         self.checked += 1
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from lit_dqn.frames import FrameReplayBuffer, PrioritizedFrameReplayBuffer
+from lit_dqn.frames import FrameReplayBuffer
+from lit_dqn.sampling import PrioritizedSampler
 
 
 @dataclass
@@ -138,8 +139,8 @@ def test_sampling_is_uniform_over_sampleable_transitions() -> None:
     stream(buffer, steps=300, num_envs=1, seed=4)
     counts = np.zeros(buffer.capacity)
     for _ in range(200):
-        total = buffer.tree.total
-        idx = buffer.tree.find(torch.rand(256, dtype=total.dtype, generator=buffer.generator) * total)
+        total = buffer.sampler.tree.total
+        idx = buffer.sampler.tree.find(torch.rand(256, dtype=total.dtype, generator=buffer.generator) * total)
         np.add.at(counts, idx.numpy(), 1)
     assert set(np.flatnonzero(counts)) <= set(np.flatnonzero(buffer.sampleable))  # never a start or stale slot
     live = counts[buffer.sampleable]
@@ -171,17 +172,17 @@ def test_state_dict_round_trip_continues_exactly() -> None:
 
 
 def test_prioritized_frames_sample_by_priority() -> None:
-    buffer = PrioritizedFrameReplayBuffer(64, (4, 2, 2), seed=0, num_envs=1, alpha=1.0, eps=0.0)
+    buffer = FrameReplayBuffer(64, (4, 2, 2), seed=0, num_envs=1, sampler=PrioritizedSampler(alpha=1.0, eps=0.0))
     stream(buffer, steps=150, num_envs=1, seed=7)
     batch = buffer.sample(32, beta=1.0)
     assert batch.weights is not None and bool(buffer.sampleable[batch.indices.numpy()].all())
     slots = torch.as_tensor(np.flatnonzero(buffer.sampleable))
     errors = torch.zeros(len(slots), dtype=torch.float64)
     errors[0] = 3.0  # all priority on one transition
-    buffer.update_priorities(slots, errors)
+    buffer.sampler.update_priorities(slots, errors)
     assert torch.equal(buffer.sample(32).indices, slots[:1].expand(32))
     stream(buffer, steps=1, num_envs=1, seed=8)  # a new transition enters at the largest priority, 3
-    assert buffer.tree.total.item() == pytest.approx(6.0)
+    assert buffer.sampler.tree.total.item() == pytest.approx(6.0)
 
 
 def test_saving_hands_over_the_cpu_storage_without_copying_it() -> None:

@@ -13,7 +13,7 @@ from lit_dqn.checks import ConfigError
 from lit_dqn.envs import EnvSpec
 from lit_dqn.frames import FrameReplayBuffer
 from lit_dqn.losses import td_targets
-from lit_dqn.prioritized import PrioritizedReplayBuffer
+from lit_dqn.sampling import PrioritizedSampler, UniformSampler
 
 from . import own_envs  # noqa: F401  (registers the Strict envs)
 from .conftest import quick_trainer
@@ -58,15 +58,15 @@ def test_exploration_and_greedy_actions_are_valid_ones() -> None:
 
 @pytest.mark.parametrize("kind", ["uniform", "prioritized"])
 def test_replay_keeps_the_mask_of_the_window_s_last_next_state(kind: str) -> None:
-    cls = PrioritizedReplayBuffer if kind == "prioritized" else ReplayBuffer
-    buffer = cls(16, (1,), seed=0, n_step=3, action_mask_size=3)
+    sampler = PrioritizedSampler if kind == "prioritized" else UniformSampler
+    buffer = ReplayBuffer(16, (1,), seed=0, n_step=3, action_mask_size=3, sampler=sampler())
     masks = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0, 1, 1]], dtype=bool)
     for t in range(5):  # one episode of 5 steps; transition t's next state has mask t
         buffer.push([[float(t)]], [0], [1.0], [[t + 1.0]], [t == 4], continues=[t < 4], next_masks=masks[t : t + 1])
     batch = buffer._gather(torch.arange(5))
     last = [2, 3, 4, 4, 4]  # a 3-step window from t ends at min(t + 2, 4)
     assert torch.equal(batch.next_mask, torch.as_tensor(masks[last]))
-    restored = cls(16, (1,), seed=1, n_step=3, action_mask_size=3)
+    restored = ReplayBuffer(16, (1,), seed=1, n_step=3, action_mask_size=3, sampler=sampler())
     restored.load_state_dict(buffer.state_dict())  # resume keeps them
     assert torch.equal(restored._gather(torch.arange(5)).next_mask, batch.next_mask)
     old = ReplayBuffer(16, (1,), seed=0, n_step=3)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from lit_dqn import DQN, GymDataModule
+from lit_dqn import DQN, EpisodeStatistics, GymDataModule
 from lit_dqn.checks import ConfigError
 from lit_dqn.cli import DQNCLI
 from lit_dqn.envs import EVAL_STEP_CAP, EnvSpec
@@ -61,9 +61,9 @@ def test_env_kwargs_and_wrappers_reach_training_evaluation_the_checkpoint_test_a
         f"--data.wrappers=[{json.dumps(BONUS)}]",
     )
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    model = cli.model
-    assert model.episode_durations and max(model.episode_durations) <= CAP  # training envs: the kwargs
-    assert model.episode_returns == [2.0 * d for d in model.episode_durations]  # and the wrapper
+    episodes = EpisodeStatistics.of(cli.trainer)
+    assert episodes.durations and max(episodes.durations) <= CAP  # training envs: the kwargs
+    assert episodes.returns == [2.0 * d for d in episodes.durations]  # and the wrapper
     validation = float(cli.trainer.callback_metrics["val/return_mean"])
     # evaluation envs: both (CartPole's shortest episode is 8 steps: 16 or more with the bonus, 12 at most capped)
     assert CAP < validation <= 2 * CAP

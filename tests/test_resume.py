@@ -13,7 +13,7 @@ import lightning as L
 import pytest
 import torch
 
-from lit_dqn import DQN
+from lit_dqn import DQN, EpisodeStatistics
 from lit_dqn.checkpoints import AtomicCheckpointIO
 from lit_dqn.cli import DQNCLI
 from lit_dqn.module import NonFiniteLossError
@@ -96,8 +96,9 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(switches: tuple[str,
     resumed.trainer.fit(resumed.model, datamodule=resumed.datamodule, ckpt_path=str(ckpt))
     assert len(resumed_steps.losses) == total - n
     assert resumed_steps.losses == whole_steps.losses[n:]
-    assert resumed.model.episode_durations == whole.model.episode_durations
-    assert resumed.model.episode_returns == whole.model.episode_returns
+    resumed_episodes, whole_episodes = EpisodeStatistics.of(resumed.trainer), EpisodeStatistics.of(whole.trainer)
+    assert resumed_episodes.durations == whole_episodes.durations
+    assert resumed_episodes.returns == whole_episodes.returns
     for a, b in zip(resumed.model.state_dict().values(), whole.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert resumed_steps.counters == whole_steps.counters  # env steps, episodes, buffer size and position

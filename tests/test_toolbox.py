@@ -132,7 +132,7 @@ class PrioritizedCheck(KeepSampledBatch):
         """After the backward pass, before the weights and priorities change."""
         t, buffer = self.transitions, trainer.datamodule.buffer
         beta = self.beta_start + (1 - self.beta_start) * trainer.global_step / trainer.max_steps
-        probabilities = buffer.tree.get(t.indices) / buffer.tree.total
+        probabilities = buffer.sampler.tree.get(t.indices) / buffer.sampler.tree.total
         weights = (len(buffer) * probabilities) ** -beta
         assert torch.allclose(t.weights, (weights / weights.max()).float())
         with torch.no_grad():
@@ -140,14 +140,14 @@ class PrioritizedCheck(KeepSampledBatch):
             next_target, next_online = pl_module.target_net(t.next_obs), pl_module.policy_net(t.next_obs)
             targets = td_targets(t.rewards, next_target, t.terminated, 0.99, next_online, t.steps)
         self.expected_loss = td_loss(q, t.actions, targets, t.weights)
-        self.expected_priorities = (td_errors(q, t.actions, targets).double() + buffer.eps) ** self.alpha
+        self.expected_priorities = (td_errors(q, t.actions, targets).double() + buffer.sampler.eps) ** self.alpha
         if not torch.all(t.weights == 1):  # once priorities differ, the weights change the loss
             assert not torch.allclose(self.expected_loss, td_loss(q, t.actions, targets))
             self.weighted += 1
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         assert torch.allclose(outputs["loss"], self.expected_loss)
-        stored = trainer.datamodule.buffer.tree.get(self.transitions.indices)
+        stored = trainer.datamodule.buffer.sampler.tree.get(self.transitions.indices)
         assert torch.allclose(stored, self.expected_priorities)
         self.checked += 1
 

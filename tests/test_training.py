@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from lit_dqn.cli import DQNCLI
+from lit_dqn.episodes import EpisodeStatistics
 
 from .conftest import ROOT, make_cli
 
@@ -26,7 +27,7 @@ def test_same_seed_gives_identical_losses_and_weights(tmp_path) -> None:
     b, losses_b = fit_default_config(tmp_path / "b", "--seed_everything=3", *short)
     assert len(losses_a) == 400
     assert losses_a == losses_b  # bitwise
-    assert a.model.episode_durations == b.model.episode_durations
+    assert EpisodeStatistics.of(a.trainer).durations == EpisodeStatistics.of(b.trainer).durations
     assert a.trainer.callback_metrics["val/return_mean"] == b.trainer.callback_metrics["val/return_mean"]
     for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values(), strict=True):
         assert torch.equal(x, y)
@@ -105,7 +106,7 @@ def test_learns_cartpole_well_above_random(tmp_path) -> None:
     steps at 5k)."""
     cli, losses = fit_default_config(tmp_path, "--seed_everything=0", "--trainer.max_steps=5000")
     best_val = cli.trainer.checkpoint_callback.best_model_score.item()
-    durations = cli.model.episode_durations
+    durations = EpisodeStatistics.of(cli.trainer).durations
     recent = sum(durations[-20:]) / 20
     assert best_val >= 200, f"best greedy validation return {best_val:.1f}"
     assert recent >= 100, f"last 20 training episodes lasted {recent:.1f} steps on average"

@@ -1,11 +1,16 @@
-"""Prioritized replay: the sum-tree, sampling in proportion to priority, IS weights, and save/load."""
+"""Replay sampling: the sum-tree, prioritized sampling in proportion to priority, IS weights, and save/load."""
 
 import pytest
 import torch
 
-from lit_dqn.prioritized import PrioritizedReplayBuffer, SumTree
+from lit_dqn.buffer import ReplayBuffer
+from lit_dqn.sampling import PrioritizedSampler, SumTree
 
 from .test_buffer import push_range
+
+
+def prioritized(capacity: int, shape: tuple[int, ...], alpha: float = 0.6, eps: float = 1e-6, **kwargs) -> ReplayBuffer:
+    return ReplayBuffer(capacity, shape, sampler=PrioritizedSampler(alpha, eps), **kwargs)
 
 
 def test_sum_tree_sums_and_finds_by_hand() -> None:
@@ -33,9 +38,9 @@ def test_sum_tree_repeated_slots_and_rebuild_agree() -> None:
 
 
 def test_samples_in_proportion_to_priority_to_the_alpha() -> None:
-    buffer = PrioritizedReplayBuffer(8, (3,), seed=0, alpha=0.5)
+    buffer = prioritized(8, (3,), seed=0, alpha=0.5)
     push_range(buffer, 0, 4)  # slots 0..3; 4..7 stay empty
-    buffer.update_priorities(torch.arange(4), torch.tensor([1.0, 4.0, 9.0, 16.0]))
+    buffer.sampler.update_priorities(torch.arange(4), torch.tensor([1.0, 4.0, 9.0, 16.0]))
     counts = torch.zeros(8)
     for _ in range(3000):
         batch = buffer.sample(4)
@@ -47,9 +52,9 @@ def test_samples_in_proportion_to_priority_to_the_alpha() -> None:
 
 
 def test_importance_weights_by_hand() -> None:
-    buffer = PrioritizedReplayBuffer(4, (3,), seed=1, alpha=1.0, eps=0.0)
+    buffer = prioritized(4, (3,), seed=1, alpha=1.0, eps=0.0)
     push_range(buffer, 0, 4)
-    buffer.update_priorities(torch.arange(4), torch.tensor([1.0, 1.0, 2.0, 4.0]))
+    buffer.sampler.update_priorities(torch.arange(4), torch.tensor([1.0, 1.0, 2.0, 4.0]))
     batch = buffer.sample(4, beta=0.5)
     probabilities = torch.tensor([1.0, 1.0, 2.0, 4.0])[batch.indices] / 8
     raw = (4 * probabilities) ** -0.5
@@ -59,40 +64,40 @@ def test_importance_weights_by_hand() -> None:
 
 
 def test_new_transitions_enter_at_the_largest_priority_so_far() -> None:
-    buffer = PrioritizedReplayBuffer(6, (3,), seed=0, alpha=1.0, eps=0.0)
+    buffer = prioritized(6, (3,), seed=0, alpha=1.0, eps=0.0)
     push_range(buffer, 0, 2)
-    assert buffer.tree.get(torch.arange(2)).tolist() == [1.0, 1.0]  # the first max priority is 1
-    buffer.update_priorities(torch.tensor([0, 1]), torch.tensor([5.0, 0.5]))
+    assert buffer.sampler.tree.get(torch.arange(2)).tolist() == [1.0, 1.0]  # the first max priority is 1
+    buffer.sampler.update_priorities(torch.tensor([0, 1]), torch.tensor([5.0, 0.5]))
     push_range(buffer, 2, 4)  # fills 2..5
-    assert buffer.tree.get(torch.arange(6)).tolist() == [5.0, 0.5, 5.0, 5.0, 5.0, 5.0]
-    buffer.update_priorities(torch.tensor([2]), torch.tensor([0.1]))  # lowering one keeps the maximum
+    assert buffer.sampler.tree.get(torch.arange(6)).tolist() == [5.0, 0.5, 5.0, 5.0, 5.0, 5.0]
+    buffer.sampler.update_priorities(torch.tensor([2]), torch.tensor([0.1]))  # lowering one keeps the maximum
     push_range(buffer, 6, 1)  # wraps onto slot 0
-    assert buffer.tree.get(torch.tensor([0])).item() == 5.0
-    assert buffer.tree.total.item() == pytest.approx(5 + 0.5 + 0.1 + 5 * 3)
+    assert buffer.sampler.tree.get(torch.tensor([0])).item() == 5.0
+    assert buffer.sampler.tree.total.item() == pytest.approx(5 + 0.5 + 0.1 + 5 * 3)
 
 
 def test_state_dict_round_trip_samples_identically() -> None:
-    source = PrioritizedReplayBuffer(16, (3,), seed=3, n_step=3)
+    source = prioritized(16, (3,), seed=3, n_step=3)
     for i in range(20):  # wraps
         push_range(source, i, 1)
-    source.update_priorities(torch.arange(16), torch.linspace(0.0, 3.0, 16))
-    copy = PrioritizedReplayBuffer(16, (3,), seed=99, n_step=3)
+    source.sampler.update_priorities(torch.arange(16), torch.linspace(0.0, 3.0, 16))
+    copy = prioritized(16, (3,), seed=99, n_step=3)
     copy.load_state_dict(source.state_dict())
-    assert torch.equal(copy.tree.tree, source.tree.tree) and torch.equal(copy.max_priority, source.max_priority)
+    assert torch.equal(copy.sampler.tree.tree, source.sampler.tree.tree) and torch.equal(
+        copy.sampler.max_priority, source.sampler.max_priority
+    )
     for _ in range(3):
         a, b = copy.sample(8, beta=0.7), source.sample(8, beta=0.7)
         assert all(x is y is None or torch.equal(x, y) for x, y in zip(a, b, strict=True))
     push_range(copy, 50, 1)
     push_range(source, 50, 1)
-    assert torch.equal(copy.tree.tree, source.tree.tree)
+    assert torch.equal(copy.sampler.tree.tree, source.sampler.tree.tree)
 
 
 def test_a_uniform_buffer_loads_into_a_prioritized_one_at_equal_priority() -> None:
-    from lit_dqn import ReplayBuffer
-
     uniform = ReplayBuffer(8, (3,), seed=0)
     push_range(uniform, 0, 5)
-    prioritized = PrioritizedReplayBuffer(8, (3,))
-    prioritized.load_state_dict(uniform.state_dict())
-    assert prioritized.tree.get(torch.arange(8)).tolist() == [1.0] * 5 + [0.0] * 3
-    assert (prioritized.sample(5).indices < 5).all()
+    buffer = prioritized(8, (3,))
+    buffer.load_state_dict(uniform.state_dict())
+    assert buffer.sampler.tree.get(torch.arange(8)).tolist() == [1.0] * 5 + [0.0] * 3
+    assert (buffer.sample(5).indices < 5).all()
