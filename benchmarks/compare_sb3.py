@@ -1,13 +1,16 @@
-"""lit_dqn against Stable-Baselines3's DQN with rl-zoo3's tuned hyperparameters, seed by seed.
+"""lit_dqn against Stable-Baselines3's DQN (and sb3-contrib's QR-DQN) with rl-zoo3's tuned
+hyperparameters, seed by seed.
 
     python benchmarks/compare_sb3.py                                        # four envs, seeds 0-4
     python benchmarks/compare_sb3.py --env CartPole-v1 --seeds 0 1 2        # one env, three seeds
     python benchmarks/compare_sb3.py --env Acrobot-v1 --jobs 2              # two runs at a time
     python benchmarks/compare_sb3.py --env CartPole-v1 --config CartPole-v1=my.yaml -- --model.lr 3e-4
     python benchmarks/compare_sb3.py --env CartPole-v1 --seeds 0 --sb3-steps 2000 --threads 1   # quick check
+    python benchmarks/compare_sb3.py --env LunarLander-v3 --sb3-algo dqn qrdqn \
+        --config LunarLander-v3=configs/lunarlander_rainbow.yaml                  # beside both SB3 agents
 
-Needs stable-baselines3 (``pip install -e '.[bench]'``); rl-zoo3 itself is not needed, its
-hyperparameters are copied below.
+Needs stable-baselines3 and sb3-contrib (``pip install -e '.[bench]'``); rl-zoo3 itself is not
+needed, its hyperparameters are copied below.
 
 For each env and seed, lit_dqn trains its config (``fit``, which stops early once the greedy
 validation mean reaches the config's threshold, then tests the best checkpoint; see
@@ -117,26 +120,69 @@ ENVS: dict[str, tuple[str, float]] = {
     "LunarLander-v3": ("configs/lunarlander.yaml", 200.0),
 }
 
-LIT, SB3 = "lit_dqn", "sb3 rl-zoo3"
+# Copied from rl-zoo3's hyperparams/qrdqn.yml (for LunarLander-v2 there, the same game as v3 with
+# bugs fixed); n_quantiles is in its policy_kwargs. "lin_1.5e-3": rl-zoo3's linear schedule, from
+# 1.5e-3 at the start to 0 at the end of the budget.
+RL_ZOO3_QRDQN: dict[str, dict[str, Any]] = {
+    "CartPole-v1": {**RL_ZOO3_DQN["CartPole-v1"], "policy_kwargs": {"net_arch": [256, 256], "n_quantiles": 10}},
+    "Acrobot-v1": {**RL_ZOO3_DQN["Acrobot-v1"], "policy_kwargs": {"net_arch": [256, 256], "n_quantiles": 25}},
+    "MountainCar-v0": {**RL_ZOO3_DQN["MountainCar-v0"], "policy_kwargs": {"net_arch": [256, 256], "n_quantiles": 25}},
+    "LunarLander-v3": {
+        "n_timesteps": 100_000,
+        "learning_rate": "lin_1.5e-3",
+        "batch_size": 128,
+        "buffer_size": 100_000,
+        "learning_starts": 10_000,
+        "gamma": 0.995,
+        "target_update_interval": 1,
+        "train_freq": 256,
+        "gradient_steps": -1,
+        "exploration_fraction": 0.24,
+        "exploration_final_eps": 0.18,
+        "policy_kwargs": {"net_arch": [256, 256], "n_quantiles": 170},
+    },
+}
+
+LIT = "lit_dqn"
+# The agents SB3 brings, by --sb3-algo: (row label, rl-zoo3's hyperparameters)
+SB3_AGENTS: dict[str, tuple[str, dict[str, dict[str, Any]]]] = {
+    "dqn": ("sb3 rl-zoo3", RL_ZOO3_DQN),
+    "qrdqn": ("sb3 QR-DQN", RL_ZOO3_QRDQN),
+}
 
 
-def sb3_seed(job: tuple[str, int, float, int | None, int, int, int]) -> dict:
-    """Train SB3's DQN as rl-zoo3 does, then score its greedy policy on lit_dqn's test episodes."""
-    env_id, seed, threshold, budget, test_episodes, test_seed, threads = job
+def _learning_rate(value: float | str) -> Any:
+    """rl-zoo3's ``lin_X``: a schedule of SB3's remaining progress (1 → 0), from X down to 0; held at 0
+    where the last rollout runs past the budget (progress below 0), where rl-zoo3's would turn negative."""
+    if isinstance(value, str) and value.startswith("lin_"):
+        start = float(value.removeprefix("lin_"))
+        return lambda progress_remaining: max(progress_remaining, 0.0) * start
+    return value
+
+
+def sb3_seed(job: tuple[str, str, int, float, int | None, int, int, int]) -> dict:
+    """Train SB3's DQN (or sb3-contrib's QR-DQN) as rl-zoo3 does, then score its greedy policy on
+    lit_dqn's test episodes."""
+    algo, env_id, seed, threshold, budget, test_episodes, test_seed, threads = job
     _quiet()
     torch.set_num_threads(threads)
-    from stable_baselines3 import DQN
     from stable_baselines3.common.monitor import Monitor
+
+    if algo == "qrdqn":
+        from sb3_contrib import QRDQN as Algorithm
+    else:
+        from stable_baselines3 import DQN as Algorithm
 
     from lit_dqn.envs import EnvSpec
     from lit_dqn.rollout import evaluate
 
-    hyperparams = dict(RL_ZOO3_DQN[env_id])
+    hyperparams = dict(SB3_AGENTS[algo][1][env_id])
     n_timesteps = hyperparams.pop("n_timesteps")
+    hyperparams["learning_rate"] = _learning_rate(hyperparams["learning_rate"])
     if budget is not None:
         n_timesteps = budget
     env = Monitor(gym.make(env_id))  # rl-zoo3 uses one env (n_envs=1) for these
-    model = DQN("MlpPolicy", env, seed=seed, verbose=0, device="cpu", **hyperparams)
+    model = Algorithm("MlpPolicy", env, seed=seed, verbose=0, device="cpu", **hyperparams)
     start = time.perf_counter()
     model.learn(n_timesteps)
     learn_s = time.perf_counter() - start
@@ -183,21 +229,24 @@ def compare_env(env_id: str, config: str, threshold: float, args: argparse.Names
     tasks: list[tuple[str, tuple]] = []
     for seed in args.seeds:
         tasks.append((LIT, (config, seed, threshold, "cpu", args.extra, threads)))
-        tasks.append((SB3, (env_id, seed, threshold, args.sb3_steps, test_episodes, test_seed, threads)))
+        for algo in args.sb3_algo:
+            sb3_job = (algo, env_id, seed, threshold, args.sb3_steps, test_episodes, test_seed, threads)
+            tasks.append((SB3_AGENTS[algo][0], sb3_job))
     # a fresh process per run (maxtasksperchild=1), so no run inherits another's memory or state
     with mp.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
         rows = pool.map(_run, tasks, chunksize=1)
         pool.close()  # let the workers exit before the pool is torn down: no leaked semaphore at exit
         pool.join()
 
-    sb3_budget = RL_ZOO3_DQN[env_id]["n_timesteps"] if args.sb3_steps is None else args.sb3_steps
-    sb3_hp = {k: v for k, v in RL_ZOO3_DQN[env_id].items() if k != "n_timesteps"}
     print(
         f"## {env_id}: solved if the mean of {test_episodes} greedy test episodes (seeds from {test_seed}) "
         f">= {threshold:g}"
     )
     print(f"{LIT}: {_relative(config)} {shlex.join(args.extra)}".rstrip())
-    print(f"{SB3}: {sb3_budget} env steps, {sb3_hp}")
+    for algo in args.sb3_algo:
+        label, table = SB3_AGENTS[algo]
+        budget = table[env_id]["n_timesteps"] if args.sb3_steps is None else args.sb3_steps
+        print(f"{label}: {budget} env steps, { ({k: v for k, v in table[env_id].items() if k != 'n_timesteps'}) }")
     print(f"(cpu, {args.jobs} run(s) at a time, {threads} torch thread(s) each)")
     print(
         f"{'env':<15} {'agent':<11} {'seed':>4} {'solved':>6} {'test mean':>9} {'solve steps':>11} "
@@ -209,7 +258,7 @@ def compare_env(env_id: str, config: str, threshold: float, args: argparse.Names
             f"{_fmt(r['solve_env_steps'], 'd'):>11} {_fmt(r['env_steps'], 'd'):>9} {_fmt(r['solve_s'], '.1f'):>7} "
             f"{r['fit_s']:>7.1f} {r['peak_rss_mib']:>7.0f}"
         )
-    for agent in (LIT, SB3):
+    for agent in (LIT, *(SB3_AGENTS[algo][0] for algo in args.sb3_algo)):
         mine = [r for r in rows if r["agent"] == agent]
         solved = sum(r["solved"] for r in mine)
         wall = statistics.median(r["fit_s"] for r in mine)
@@ -241,6 +290,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(5)))
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, one process each")
     parser.add_argument("--threads", type=int, help="torch threads per run (default: the CPU's threads / --jobs)")
+    parser.add_argument(
+        "--sb3-algo", nargs="+", default=["dqn"], choices=list(SB3_AGENTS), help="SB3's agents: DQN, QR-DQN"
+    )
     parser.add_argument("--sb3-steps", type=int, help="SB3's env steps instead of rl-zoo3's budget (quick tests)")
     parser.add_argument(
         "--config", type=_env_config, action="append", default=[], metavar="ENV=PATH", help="lit_dqn config for ENV"
@@ -256,10 +308,16 @@ def main() -> None:
         )
     import stable_baselines3  # here, not at the top: the lit_dqn workers, which import this module, do not need it
 
+    contrib = ""
+    if "qrdqn" in args.sb3_algo:
+        import sb3_contrib  # fail here, before any training, if the extra is missing
+
+        contrib = f", sb3-contrib {sb3_contrib.__version__}"
+
     print(f"$ python {shlex.join(sys.argv)}")
     print(
         f"torch {torch.__version__}, lightning {lightning.__version__}, stable-baselines3 "
-        f"{stable_baselines3.__version__}, gymnasium {gym.__version__}; {os.cpu_count()} CPU(s), "
+        f"{stable_baselines3.__version__}{contrib}, gymnasium {gym.__version__}; {os.cpu_count()} CPU(s), "
         f"{torch.get_num_threads()} torch thread(s)\n",
         flush=True,
     )
