@@ -326,7 +326,7 @@ class DQN(L.LightningModule):
                 self.trainer,
                 {
                     "train/loss": loss.item(),
-                    "train/q_mean": self._q_values(outputs).detach().mean().item(),
+                    "train/q_mean": self.policy_net.q_values(outputs).detach().mean().item(),
                     "train/epsilon": batch.epsilon,
                     "train/replay_size": float(batch.replay_size),
                     "train/env_steps": float(batch.env_steps if self._world_size == 1 else self.job_env_steps),
@@ -354,11 +354,6 @@ class DQN(L.LightningModule):
             target = categorical_targets(returns, discounts, next_distribution.softmax(dim=1), distribution.support)
             return categorical_loss(outputs, batch.actions, target)
         return quantile_huber_loss(outputs, batch.actions, quantile_targets(returns, discounts, next_distribution))
-
-    def _q_values(self, outputs: Tensor) -> Tensor:
-        """Q-values ``[B, n_actions]`` of the online net's ``outputs`` (a distribution's mean)."""
-        distribution = self.policy_net.distribution
-        return outputs if distribution is None else distribution.q_values(outputs)
 
     def on_train_batch_end(self, outputs: STEP_OUTPUT, batch: ReplayBatch, batch_idx: int) -> None:
         """The target update θ′ ← τθ + (1−τ)θ′ after every ``target_update_interval``-th optimizer step:

@@ -170,7 +170,25 @@ class Quantiles(nn.Module):
 Distribution = Categorical | Quantiles
 
 
-class QNetwork(nn.Module):
+class QHead(nn.Module):
+    """What every Q-network has: ``outputs`` (what the loss trains) and, from them, the Q-values."""
+
+    distribution: Distribution | None
+
+    def outputs(self, obs: Tensor) -> Tensor:
+        """What the loss trains: Q-values ``[B, n_actions]``, or ``[B, n_actions, K]`` with a distribution."""
+        raise NotImplementedError
+
+    def q_values(self, outputs: Tensor) -> Tensor:
+        """Q-values ``[B, n_actions]`` of ``outputs``: themselves, or the distribution's mean."""
+        return outputs if self.distribution is None else self.distribution.q_values(outputs)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        """Map observations ``[B, *obs_shape]`` to Q-values ``[B, n_actions]``."""
+        return self.q_values(self.outputs(obs))
+
+
+class QNetwork(QHead):
     """MLP ``obs_dim -> hidden... -> n_actions`` with ReLU, as in the PyTorch DQN tutorial; for
     images (``obs_shape`` of three dimensions) an ``ImageEncoder`` comes first.
 
@@ -200,17 +218,11 @@ class QNetwork(nn.Module):
         self.distribution = distribution
 
     def outputs(self, obs: Tensor) -> Tensor:
-        """What the loss trains: Q-values ``[B, n_actions]``, or ``[B, n_actions, K]`` with a distribution."""
         out = self.net(features(self.encoder, obs))
         return out if self.distribution is None else out.view(out.shape[0], self.n_actions, -1)
 
-    def forward(self, obs: Tensor) -> Tensor:
-        """Map observations ``[B, *obs_shape]`` to Q-values ``[B, n_actions]``."""
-        out = self.outputs(obs)
-        return out if self.distribution is None else self.distribution.q_values(out)
 
-
-class DuelingQNetwork(nn.Module):
+class DuelingQNetwork(QHead):
     """Dueling architecture (Wang et al., 2016): a shared torso (the ``ImageEncoder`` for images,
     then MLP layers), then two streams, a state value
     ``V(s)`` and action advantages ``A(s, a)``, combined as ``Q = V + A − mean_a A``.
@@ -248,17 +260,11 @@ class DuelingQNetwork(nn.Module):
         self.distribution = distribution
 
     def outputs(self, obs: Tensor) -> Tensor:
-        """What the loss trains: Q-values ``[B, n_actions]``, or ``[B, n_actions, K]`` with a distribution."""
         shared = self.torso(features(self.encoder, obs))  # [B, width]
         value, advantage = self.value(shared), self.advantage(shared)  # [B, K], [B, n_actions * K]
         if self.distribution is not None:
             value, advantage = value.unsqueeze(1), advantage.view(shared.shape[0], self.n_actions, -1)
         return value + advantage - advantage.mean(dim=1, keepdim=True)
-
-    def forward(self, obs: Tensor) -> Tensor:
-        """Map observations ``[B, *obs_shape]`` to Q-values ``[B, n_actions]``."""
-        out = self.outputs(obs)
-        return out if self.distribution is None else self.distribution.q_values(out)
 
 
 def soft_update(target: Sequence[Tensor], source: Sequence[Tensor], tau: float) -> None:
