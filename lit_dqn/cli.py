@@ -1,9 +1,11 @@
 """The ``python -m lit_dqn`` command line: Lightning's CLI over ``DQN`` and ``GymDataModule``."""
 
+import contextlib
 import inspect
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from jsonargparse import ArgumentError, auto_cli
@@ -204,7 +206,8 @@ LEAFSPEC_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
 # the job's on every rank: Lightning's advice to sync them (again) does not apply.
 SYNC_DIST_ADVICE = r"It is recommended to use `self\.log\('(val|test)/return_(mean|std)'"
 RECORD_HELP = (
-    "Videos of a trained agent: python -m lit_dqn record CKPT [--episodes 3] (python -m lit_dqn record --help)"
+    "Videos of a trained agent: python -m lit_dqn record CKPT [--episodes 3] (python -m lit_dqn record --help). "
+    "Hyperparameter search: python -m lit_dqn tune --config CONFIG --search SPACE (python -m lit_dqn tune --help)"
 )
 
 
@@ -226,17 +229,36 @@ def record(args: list[str]) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def known_warnings_filtered() -> Iterator[None]:
+    """Leave out two warnings every run would print and no user can act on."""
+    with warnings.catch_warnings():
+        # Lightning's own use of a torch class deprecated in torch 2.10 warns in every run; only a
+        # Lightning release can fix it.
+        warnings.filterwarnings("ignore", LEAFSPEC_WARNING, FutureWarning, "lightning.pytorch.utilities._pytree")
+        warnings.filterwarnings("ignore", SYNC_DIST_ADVICE, PossibleUserWarning)
+        yield
+
+
+def tune(args: list[str]) -> int:
+    """``python -m lit_dqn tune``: an Optuna study (``lit_dqn.tuning``), with the ``tune`` extra."""
+    try:
+        from lit_dqn.tuning import main as tune_main
+    except ImportError as error:
+        print(f'lit_dqn tune: error: tune needs Optuna ({error}): pip install "lit-dqn[tune]"', file=sys.stderr)
+        return 2
+    return tune_main(args)
+
+
 def main(args: list[str] | None = None) -> int:
     """Run the CLI; a configuration or checkpoint problem ends it with one line on stderr, not a traceback."""
     argv = sys.argv[1:] if args is None else args
     if argv[:1] == ["record"]:
         return record(argv[1:])
+    if argv[:1] == ["tune"]:
+        return tune(argv[1:])
     try:
-        with warnings.catch_warnings():
-            # Lightning's own use of a torch class deprecated in torch 2.10 warns in every run; only a
-            # Lightning release can fix it.
-            warnings.filterwarnings("ignore", LEAFSPEC_WARNING, FutureWarning, "lightning.pytorch.utilities._pytree")
-            warnings.filterwarnings("ignore", SYNC_DIST_ADVICE, PossibleUserWarning)
+        with known_warnings_filtered():
             cli = DQNCLI(
                 DQN,
                 GymDataModule,

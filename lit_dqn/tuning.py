@@ -1,0 +1,731 @@
+"""``python -m lit_dqn tune``: an Optuna study over ``fit``'s own config keys, in a real database.
+
+A **search space** is a YAML file mapping the dotted keys of ``fit`` (``model.lr``, ``data.batch_size``:
+the keys of ``python -m lit_dqn fit --help``) to distributions::
+
+    model.lr: {float: [1.0e-5, 1.0e-2], log: true}        # log-uniform
+    model.gamma: {float: [1.0e-3, 0.1], log: true, one_minus: true}   # 1 - gamma log-uniform
+    data.n_step: {int: [1, 5]}                            # also step: K, log: true
+    model.hidden_sizes: {categorical: [[64], [64, 64], [256, 256]]}
+
+Every key and every end of every range is parsed and built (model and data) before the first trial,
+so a key ``fit`` does not know, a value it refuses, or an empty range is one line up front.
+
+Each **trial** is one ``fit`` per seed, in this process (no new interpreter per trial), from the
+study's config with the trial's values as dotted overrides, videos off, in its own run directory
+``OUTPUT/trial_NNNN`` (TensorBoard events, ``config.yaml``, the best checkpoint). Its value is:
+
+- ``best_return``: the best greedy validation return (``val/return_mean``) of the run, maximised;
+- ``env_steps_to_solve``: the env steps at the first validation whose return reaches the threshold
+  (the config's ``EarlyStopping`` ``stopping_threshold`` unless given), minimised; a seed that never
+  gets there counts twice the env steps it ran, so every solving trial ranks above every other.
+
+With several seeds the value is their mean. A lit_dqn run is one endless epoch, so pruning cannot
+use Optuna's per-epoch Lightning callback: ``ValidationReport`` reports each validation's return at
+its update count (seed ``k``'s run offset by ``k * max_steps``; negated for a minimised objective,
+so that lower is better as the study's direction says) and ends a trial the pruner rejects at once.
+
+The **study** lives in any storage Optuna accepts: SQLite on one machine, a PostgreSQL or MySQL URL
+for many (start the same command on each: they share the study). ``--n_jobs K`` runs K worker
+processes here. Each command runs ``--n_trials`` trials more (Optuna's meaning: a re-run continues
+the study); Ctrl-C stops every worker, and the trial it interrupted is recorded as failed. After the
+trials: ``best.yaml``, the best trial's complete config (``fit --config best.yaml`` reproduces its
+first seed bit for bit on CPU, with the same number of torch threads), and Optuna's optimization
+history and parameter importances as PNG files in ``OUTPUT``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import inspect
+import json
+import logging
+import math
+import multiprocessing
+import os
+import signal
+import sys
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import optuna
+import torch
+import yaml
+from jsonargparse import ArgumentError
+from jsonargparse.typing import NonNegativeInt, PositiveInt
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+from lit_dqn.callbacks import GracefulStop
+from lit_dqn.checks import ConfigError
+from lit_dqn.cli import DQNCLI, known_warnings_filtered
+from lit_dqn.data import GymDataModule
+from lit_dqn.module import DQN, NonFiniteLossError
+from lit_dqn.rollout import StopRequested
+from lit_dqn.video import GreedyVideo
+
+OBJECTIVES = {"best_return": "maximize", "env_steps_to_solve": "minimize"}
+DISTRIBUTIONS = ("float", "int", "categorical")
+VALIDATION_METRIC = "val/return_mean"
+# Study attributes a later command must match: the same study must mean the same experiment.
+STUDY_KEYS = ("config", "fit_args", "search", "objective", "threshold", "seeds")
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One dotted ``fit`` key and the distribution its values are drawn from."""
+
+    key: str
+    kind: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    one_minus: bool = False  # float only: the range is of 1 - value (a discount near 1, sampled log-uniformly)
+    choices: tuple[Any, ...] = ()
+
+    @property
+    def name(self) -> str:
+        """The parameter's name in the study (what Optuna's plots and the dashboard show)."""
+        return f"1 - {self.key}" if self.one_minus else self.key
+
+    def suggest(self, trial: optuna.Trial) -> Any:
+        """The trial's value for ``key`` (the config value, not the sampled 1 - value)."""
+        if self.kind == "categorical":
+            # Optuna stores plain values only: a list or dict choice is stored as its JSON text.
+            labels = [_label(choice) for choice in self.choices]
+            label = trial.suggest_categorical(self.name, labels)
+            return self.choices[labels.index(label)]
+        if self.kind == "int":
+            return trial.suggest_int(self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+        value = trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
+        return 1.0 - value if self.one_minus else value
+
+    def ends(self) -> list[Any]:
+        """Config values at the ends of the range, or every choice: each is checked before any trial."""
+        if self.kind == "categorical":
+            return list(self.choices)
+        low, high = (int(self.low), int(self.high)) if self.kind == "int" else (self.low, self.high)
+        if self.kind == "int" and self.step:
+            high = low + (high - low) // int(self.step) * int(self.step)
+        return [1.0 - low, 1.0 - high] if self.one_minus else [low, high]
+
+
+def _label(choice: Any) -> Any:
+    plain = choice is None or isinstance(choice, bool | int | float | str)
+    return choice if plain else json.dumps(choice)
+
+
+def load_search_space(path: str | Path) -> list[Parameter]:
+    """Read a search space YAML; each mistake is one line naming the key and what is allowed."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"search={str(path)!r} cannot be read: {error.strerror or error}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"search={str(path)!r} is not YAML: {' '.join(str(error).split())}") from None
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"search={str(path)!r} must map dotted fit keys (model.lr, data.batch_size) to distributions")
+    return [_parameter(str(path), str(key), spec) for key, spec in raw.items()]
+
+
+def _parameter(path: str, key: str, spec: Any) -> Parameter:
+    where = f"search space {path}: {key}"
+    kinds = [kind for kind in DISTRIBUTIONS if isinstance(spec, dict) and kind in spec]
+    if len(kinds) != 1:
+        raise ConfigError(
+            f"{where} must be one of {{float: [low, high]}}, {{int: [low, high]}} or {{categorical: [a, b, ...]}}"
+        )
+    kind = kinds[0]
+    unknown = set(spec) - {kind, "log", "step", "one_minus"}
+    if unknown or (kind == "categorical" and len(spec) > 1):
+        extra = sorted(unknown) if unknown else sorted(set(spec) - {kind})
+        raise ConfigError(f"{where}: {extra} not allowed here (a range takes log, step and, for float, one_minus)")
+    if kind == "categorical":
+        choices = spec[kind]
+        if not isinstance(choices, list) or not choices:
+            raise ConfigError(f"{where}: categorical must list at least one choice")
+        if len({json.dumps(choice, sort_keys=True) for choice in choices}) != len(choices):
+            raise ConfigError(f"{where}: categorical lists a choice twice")
+        return Parameter(key, "categorical", choices=tuple(choices))
+    bounds = spec[kind]
+    if isinstance(bounds, list):  # PyYAML reads 1e-5 (no dot) as text: read it as the number it is
+        bounds = [_number(b) for b in bounds]
+    number = int if kind == "int" else (int, float)
+    if (
+        not isinstance(bounds, list)
+        or len(bounds) != 2
+        or not all(isinstance(b, number) and not isinstance(b, bool) for b in bounds)
+    ):
+        raise ConfigError(f"{where}: {kind} takes [low, high], two {'integers' if kind == 'int' else 'numbers'}")
+    low, high = bounds
+    log, step, one_minus = spec.get("log", False), spec.get("step"), spec.get("one_minus", False)
+    if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
+        raise ConfigError(f"{where}: the range [{low}, {high}] is empty: low must be below high")
+    if log not in (True, False) or one_minus not in (True, False):
+        raise ConfigError(f"{where}: log and one_minus are true or false")
+    if log and low <= 0:
+        raise ConfigError(f"{where}: a log range must be above 0 (low={low})")
+    if step is not None and (log or not isinstance(step, number) or step <= 0):
+        raise ConfigError(f"{where}: step must be a positive {kind} and cannot go with log")
+    if one_minus and kind != "float":
+        raise ConfigError(f"{where}: one_minus is for float ranges")
+    return Parameter(key, kind, float(low), float(high), log, step, one_minus)
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return float(value)
+    return value
+
+
+class _ParseOnlyCLI(DQNCLI):
+    """The ``fit`` parser alone: the CLI's own parsing and links, with nothing instantiated."""
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+def _instantiate(parser: Any, config: Any) -> Any:
+    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
+    return instantiate(config)
+
+
+@dataclass
+class Settings:
+    """What every worker of one command needs (picklable: workers are spawned processes)."""
+
+    config: str
+    search: str
+    fit_args: list[str]
+    objective: str
+    threshold: float | None
+    seeds: list[int]
+    storage: str
+    study_name: str
+    output_dir: str
+    pruner: str
+    n_startup_trials: int
+    n_warmup_steps: int
+    sampler_seed: int | None
+    max_steps: int = 0  # the config's trainer.max_steps (0: none), to keep each seed's reports apart
+    threads: int | None = None  # torch threads of a spawned worker
+    parameters: list[Parameter] = field(default_factory=list)
+
+
+def check_search_space(config: str, fit_args: Sequence[str], parameters: Sequence[Parameter]) -> dict[str, Any]:
+    """Parse and build the model and data module at every end of every range (one line for the first
+    that fails); return the study's base config (as ``fit`` parses it)."""
+    with _quiet_lightning():
+        try:
+            cli = _ParseOnlyCLI(DQN, GymDataModule, args=["--config", config, *fit_args], run=False)
+        except ArgumentError as error:
+            raise ConfigError(f"config: {_one_line(error)}") from None
+        base = cli.config
+        keys = sorted(base.keys())
+        for parameter in parameters:
+            if parameter.key in {"config", "seed_everything"}:
+                raise ConfigError(f"search space: {parameter.key} cannot be searched (the seeds are --seeds)")
+            if parameter.key not in keys:
+                close = difflib.get_close_matches(parameter.key, keys, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                raise ConfigError(
+                    f"search space: {parameter.key} is not a key of fit{hint}; python -m lit_dqn fit --help lists them"
+                )
+            for value in parameter.ends():
+                args = ["--config", config, *fit_args, *_overrides({parameter.key: value})]
+                try:
+                    _instantiate(cli.parser, cli.parser.parse_args(args))
+                except (ArgumentError, ConfigError, ValueError, TypeError) as error:
+                    message = f"search space: {parameter.key}={value!r} is refused: {_one_line(error)}"
+                    raise ConfigError(message) from None
+    return base
+
+
+def _overrides(values: dict[str, Any]) -> list[str]:
+    """Dotted ``fit`` arguments, each value as YAML (lists and dicts too)."""
+    return [f"--{key}={json.dumps(value)}" for key, value in values.items()]
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+
+
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Lightning's per-run banners (accelerators, seeds, model summary) once per trial are noise."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric", "lightning")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            # Trials pass fit's arguments in-process while sys.argv holds tune's, on purpose.
+            warnings.filterwarnings("ignore", "LightningCLI's args parameter is intended")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+class ValidationReport(L.Callback):
+    """Reports each greedy validation to the trial and ends a trial the pruner rejects.
+
+    ``history`` keeps ``(update, env_steps, return)`` per validation. A pruned run stops after the
+    validation that condemned it (``trainer.should_stop``: no further update), and ``pruned`` says so;
+    the objective then raises ``optuna.TrialPruned``.
+    """
+
+    def __init__(self, trial: optuna.Trial, step_offset: int, sign: float, prune: bool = True) -> None:
+        self.trial, self.step_offset, self.sign, self.prune = trial, step_offset, sign, prune
+        self.history: list[tuple[int, int, float]] = []
+        self.pruned = False
+        self.env_steps = 0  # of the whole fit
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.env_steps = trainer.datamodule.runner.env_steps
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        score = trainer.callback_metrics.get(VALIDATION_METRIC)
+        if trainer.sanity_checking or trainer.state.fn != "fit" or score is None:
+            return
+        runner = trainer.datamodule.runner
+        self.history.append((trainer.global_step, runner.env_steps, float(score)))
+        self.trial.report(self.sign * float(score), step=self.step_offset + trainer.global_step)
+        if self.prune and self.trial.should_prune():
+            self.pruned = True
+            trainer.should_stop = True
+
+
+class _TrialCLI(DQNCLI):
+    """``fit`` for one trial's seed: the study's callbacks added, videos and ``last.ckpt`` left out
+    (neither changes learning; both cost time and disk in every trial)."""
+
+    def __init__(self, *args: Any, extra_callbacks: Sequence[L.Callback] = (), **kwargs: Any) -> None:
+        self._extra_callbacks = list(extra_callbacks)
+        super().__init__(*args, **kwargs)
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, GreedyVideo)]
+        for callback in trainer.callbacks:
+            if isinstance(callback, ModelCheckpoint):
+                callback.save_last = False
+        trainer.callbacks.extend(self._extra_callbacks)
+        return trainer
+
+
+@dataclass
+class SeedResult:
+    seed: int
+    value: float
+    best_return: float
+    updates: int
+    env_steps: int
+    solved_at: int | None  # env steps at the first validation reaching the threshold
+    run_dir: str
+
+
+class Objective:
+    """One trial: a ``fit`` per seed, their mean value; pruned between or within seeds."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.sign = -1.0 if OBJECTIVES[settings.objective] == "minimize" else 1.0
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        s = self.settings
+        values = {parameter.key: parameter.suggest(trial) for parameter in s.parameters}
+        trial.set_user_attr("config", values)  # the config values (1 - sampled for one_minus keys)
+        run_dir = Path(s.output_dir) / f"trial_{trial.number:04d}"
+        results: list[SeedResult] = []
+        for index, seed in enumerate(s.seeds):
+            result = self._fit(trial, values, seed, index, run_dir)
+            if result is None:
+                raise optuna.TrialPruned(f"pruned during seed {seed}")
+            results.append(result)
+            trial.set_user_attr("seeds", [asdict(r) for r in results])
+        return sum(r.value for r in results) / len(results)
+
+    def _fit(self, trial: optuna.Trial, values: dict[str, Any], seed: int, index: int, run_dir: Path):
+        s = self.settings
+        args = [
+            "fit",
+            "--config",
+            s.config,
+            *s.fit_args,
+            *_overrides(values),
+            f"--seed_everything={seed}",
+            f"--trainer.default_root_dir={run_dir}",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+        ]
+        # The offset keeps each seed's reports at steps of their own: trials compare seed by seed.
+        report = ValidationReport(trial, index * (s.max_steps or 10**12), self.sign, prune=s.pruner != "none")
+        diverged = False
+        try:
+            cli = _TrialCLI(
+                DQN, GymDataModule, args=args, extra_callbacks=[report], save_config_kwargs={"overwrite": True}
+            )
+        except NonFiniteLossError as error:
+            diverged, cli = str(error), None
+        except ArgumentError as error:
+            raise ConfigError(_one_line(error)) from None
+        if cli is not None:
+            stops = [cb for cb in cli.trainer.callbacks if isinstance(cb, GracefulStop) and cb.signum is not None]
+            if stops:  # Ctrl-C or SIGTERM ended the fit: the trial is not finished, the study stops
+                raise KeyboardInterrupt(f"stopped by {signal.Signals(stops[0].signum).name}")
+        history = report.history
+        trial.set_user_attr(f"history_seed_{seed}", history)
+        if report.pruned:
+            return None
+        if diverged:
+            trial.set_user_attr("diverged", diverged)
+            raise ConfigError(f"seed {seed} diverged: {diverged}")
+        if not history:
+            raise ConfigError(
+                "no greedy validation ran: trainer.max_steps must reach trainer.val_check_interval at least once"
+            )
+        updates, env_steps = cli.trainer.global_step, report.env_steps
+        best = max(score for _, _, score in history)
+        reached = [steps for _, steps, score in history if s.threshold is not None and score >= s.threshold]
+        solved_at = reached[0] if reached else None
+        # Unsolved: twice the env steps it ran, so every solving trial ranks above it.
+        unsolved = 2.0 * env_steps
+        value = best if s.objective == "best_return" else float(solved_at) if reached else unsolved
+        return SeedResult(seed, value, best, updates, env_steps, solved_at, str(cli.trainer.log_dir))
+
+
+def shown(url: str) -> str:
+    """``url`` as printed and written to files: its password hidden."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL at all: nothing to hide
+        return url
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """Optuna's RDB storage for ``url``; a URL that cannot be opened is one line naming it."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+        engine_kwargs: dict[str, Any] = {}
+        if parsed.get_backend_name() == "sqlite":
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            engine_kwargs = {"connect_args": {"timeout": 60}}  # workers wait for each other's writes
+        # A worker that dies (kill -9, a lost machine) has its trial marked failed by the next one.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats, stable for years
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=30, grace_period=120)
+    except Exception as error:  # SQLAlchemy's and the drivers' errors: a bad URL, no server, no driver
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(
+            f"storage={shown(url)!r} cannot be opened ({type(error).__name__}: {first}); give an SQLAlchemy URL "
+            "such as sqlite:///lightning_logs/tune/NAME.db or postgresql://USER:PASSWORD@HOST/DB"
+        ) from None
+
+
+def _pruner(settings: Settings) -> optuna.pruners.BasePruner:
+    if settings.pruner == "none":
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=settings.n_startup_trials, n_warmup_steps=settings.n_warmup_steps
+    )
+
+
+def _sampler(settings: Settings, worker: int) -> optuna.samplers.BaseSampler:
+    seed = None if settings.sampler_seed is None else settings.sampler_seed + worker
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=settings.n_startup_trials)
+
+
+def _study(settings: Settings, worker: int = 0) -> optuna.Study:
+    return optuna.load_study(
+        study_name=settings.study_name,
+        storage=open_storage(settings.storage),
+        sampler=_sampler(settings, worker),
+        pruner=_pruner(settings),
+    )
+
+
+def _worker(settings: Settings, n_trials: int, worker: int) -> int:
+    """Run ``n_trials`` trials of the study; 0, or 128 + the signal that stopped it.
+
+    Inside a fit, ``GracefulStop`` turns Ctrl-C and SIGTERM into a stop after the current update and
+    the objective into ``KeyboardInterrupt``; between fits the handler below raises it at once. Optuna
+    records the interrupted trial as failed either way, and the study stops."""
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    stopping: list[int] = []
+
+    def stop(signum: int, frame: Any) -> None:
+        if not stopping:  # once: a second signal must not interrupt Optuna recording the first
+            stopping.append(signum)
+            raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        study = _study(settings, worker)
+        with known_warnings_filtered(), _quiet_lightning():
+            study.optimize(Objective(settings), n_trials=n_trials, catch=(ConfigError,), gc_after_trial=True)
+    except (KeyboardInterrupt, StopRequested) as error:
+        signum = getattr(error, "signum", stopping[0] if stopping else signal.SIGINT)
+        print(f"lit_dqn tune: worker {worker} stopped ({error}); its running trial is failed", file=sys.stderr)
+        return 128 + signum
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return 0
+
+
+def _spawned_worker(settings: Settings, n_trials: int, worker: int) -> None:
+    sys.exit(_worker(settings, n_trials, worker))
+
+
+def create_study(settings: Settings) -> optuna.Study:
+    """Create the study, or load it if it exists and was made for the same experiment."""
+    direction = OBJECTIVES[settings.objective]
+    storage = open_storage(settings.storage)
+    study = optuna.create_study(
+        study_name=settings.study_name, storage=storage, direction=direction, load_if_exists=True
+    )
+    if study.direction.name.lower() != direction:
+        raise ConfigError(
+            f"study {settings.study_name!r} in {shown(settings.storage)} is {study.direction.name.lower()}d; "
+            f"objective={settings.objective!r} needs {direction}: give another --study_name"
+        )
+    wanted = {key: getattr(settings, key) for key in STUDY_KEYS}
+    wanted["search"] = [asdict(p) for p in settings.parameters]
+    wanted = json.loads(json.dumps(wanted))  # as the database gives it back
+    for key, value in wanted.items():
+        if key not in study.user_attrs:
+            study.set_user_attr(key, value)
+        elif study.user_attrs[key] != value:
+            raise ConfigError(
+                f"study {settings.study_name!r} was made with {key}={study.user_attrs[key]!r}, not {value!r}: "
+                "give another --study_name to start a new study"
+            )
+    return study
+
+
+def write_results(settings: Settings, study: optuna.Study) -> Path | None:
+    """``best.yaml`` and the PNG plots in the output directory; the path of ``best.yaml``, if any trial completed."""
+    out = Path(settings.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not complete:
+        return None
+    best = study.best_trial
+    with _quiet_lightning():
+        cli = _ParseOnlyCLI(DQN, GymDataModule, args=["--config", settings.config, *settings.fit_args], run=False)
+        args = ["--config", settings.config, *settings.fit_args, *_overrides(best.user_attrs["config"])]
+        config = cli.parser.parse_args([*args, f"--seed_everything={settings.seeds[0]}"])
+    header = (
+        f"# Best trial {best.number} of study {settings.study_name!r} ({shown(settings.storage)}): "
+        f"{settings.objective} {best.value:g} over seeds {settings.seeds}.\n"
+        f"#   python -m lit_dqn fit --config {out / 'best.yaml'}\n"
+    )
+    path = out / "best.yaml"
+    path.write_text(header + cli.parser.dump(config, skip_none=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from optuna.visualization import matplotlib as plots
+
+        axes = plots.plot_optimization_history(study)
+        axes.figure.savefig(out / "history.png", bbox_inches="tight")
+        plt.close(axes.figure)
+        if len(complete) >= 2 and settings.parameters:
+            try:
+                axes = plots.plot_param_importances(study)
+                axes.figure.savefig(out / "importances.png", bbox_inches="tight")
+                plt.close(axes.figure)
+            except (RuntimeError, ValueError) as error:  # e.g. every completed trial had the same values
+                print(f"lit_dqn tune: no importances plot ({error})", file=sys.stderr)
+    return path
+
+
+def tune(
+    config: str,
+    search: str,
+    n_trials: PositiveInt = 20,
+    study_name: str | None = None,
+    storage: str | None = None,
+    objective: Literal["best_return", "env_steps_to_solve"] = "best_return",
+    threshold: float | None = None,
+    seeds: list[int] | None = None,
+    pruner: Literal["median", "none"] = "median",
+    n_startup_trials: NonNegativeInt = 5,
+    n_warmup_steps: NonNegativeInt = 0,
+    n_jobs: PositiveInt = 1,
+    sampler_seed: int | None = None,
+    output_dir: str | None = None,
+    fit: list[str] | None = None,
+) -> int:
+    """Tune a fit config with Optuna: TPE over a search space, trials pruned on greedy validation.
+
+    Fit overrides for every trial go after ``--``, e.g. ``-- --trainer.max_steps 20000``.
+
+    Args:
+        config: the fit config every trial starts from, e.g. configs/acrobot.yaml.
+        search: the search space, a YAML of dotted fit keys and distributions (configs/search/dqn.yaml).
+        n_trials: trials this command runs, shared among its n_jobs workers; a re-run, or the same
+            command on another machine, adds its own (Optuna's meaning).
+        study_name: the study in the storage (default: the config's file name, without .yaml).
+        storage: an SQLAlchemy URL Optuna accepts (default: sqlite:///lightning_logs/tune/STUDY.db);
+            postgresql://USER:PASSWORD@HOST/DB lets several machines share one study.
+        objective: best_return (the best greedy validation return, maximised) or env_steps_to_solve (env
+            steps at the first validation reaching threshold, minimised; twice the run's env steps if never).
+        threshold: the return that counts as solved (default: the config's EarlyStopping stopping_threshold).
+        seeds: training seeds of every trial, its value their mean (default: the config's seed_everything).
+        pruner: median (Optuna's MedianPruner on each validation's return) or none.
+        n_startup_trials: trials drawn at random, and never pruned, before TPE and pruning start (Optuna's default 5).
+        n_warmup_steps: updates of each run before it can be pruned (Optuna's n_warmup_steps, in updates).
+        n_jobs: worker processes on this machine, each with cores / n_jobs torch threads.
+        sampler_seed: TPE's seed (worker k uses seed + k), for a study that draws the same trials again.
+        output_dir: trial runs, best.yaml and the plots (default: beside an SQLite file, in a folder named
+            after the study; lightning_logs/tune/STUDY for other storages).
+        fit: fit arguments for every trial, after the config (on the command line: everything after --).
+    """
+    settings = _settings(locals())
+    study = create_study(settings)
+    counts = [n_trials // n_jobs + (k < n_trials % n_jobs) for k in range(n_jobs)]
+    print(
+        f"lit_dqn tune: study {settings.study_name!r} in {shown(settings.storage)}: {n_trials} trial(s) more, "
+        f"{n_jobs} worker(s); runs in {settings.output_dir}",
+        file=sys.stderr,
+    )
+    code = _worker(settings, counts[0], 0) if n_jobs == 1 else _run_workers(settings, counts)
+    study = _study(settings)
+    path = write_results(settings, study)
+    states = [t.state.name for t in study.get_trials(deepcopy=False)]
+    summary = ", ".join(f"{states.count(s)} {s.lower()}" for s in ("COMPLETE", "PRUNED", "FAIL") if s in states)
+    print(f"lit_dqn tune: study {settings.study_name!r} has {len(states)} trial(s): {summary or 'none'}")
+    if path is not None:
+        best = study.best_trial
+        print(f"best: trial {best.number}, {settings.objective} {best.value:g}, {best.user_attrs['config']}")
+        print(f"wrote {path}; python -m lit_dqn fit --config {path}")
+    return code
+
+
+def _settings(given: dict[str, Any]) -> Settings:
+    config, fit_args = str(given["config"]), list(given["fit"] or [])
+    parameters = load_search_space(given["search"])
+    base = check_search_space(config, fit_args, parameters)
+    study_name = given["study_name"] or Path(config).stem
+    storage = given["storage"] or f"sqlite:///lightning_logs/tune/{study_name}.db"
+    output_dir = given["output_dir"]
+    if output_dir is None:
+        database = storage.split("///", 1)[1] if storage.startswith("sqlite:///") else None
+        output_dir = str((Path(database).parent if database else Path("lightning_logs/tune")) / study_name)
+    threshold = given["threshold"]
+    if threshold is None:
+        threshold = _early_stopping_threshold(base)
+    if given["objective"] == "env_steps_to_solve" and threshold is None:
+        raise ConfigError(
+            "objective='env_steps_to_solve' needs a return to reach: give --threshold, or an EarlyStopping "
+            "callback with stopping_threshold in the config"
+        )
+    seeds = given["seeds"] if given["seeds"] else [int(base["seed_everything"] or 0)]
+    n_jobs = given["n_jobs"]
+    settings = Settings(
+        config=config,
+        search=str(given["search"]),
+        fit_args=list(fit_args),
+        objective=given["objective"],
+        threshold=threshold,
+        seeds=list(seeds),
+        storage=storage,
+        study_name=study_name,
+        output_dir=output_dir,
+        pruner=given["pruner"],
+        n_startup_trials=given["n_startup_trials"],
+        n_warmup_steps=given["n_warmup_steps"],
+        sampler_seed=given["sampler_seed"],
+        max_steps=max(int(base["trainer.max_steps"] or 0), 0),
+        threads=max(1, (os.cpu_count() or 1) // n_jobs) if n_jobs > 1 else None,
+        parameters=parameters,
+    )
+    return settings
+
+
+def _early_stopping_threshold(config: Any) -> float | None:
+    for callback in config["trainer.callbacks"] or []:
+        class_path = getattr(callback, "class_path", "")
+        if class_path.endswith(EarlyStopping.__name__):
+            value = callback.init_args.get("stopping_threshold")
+            if value is not None:
+                return float(value)
+    return None
+
+
+def _run_workers(settings: Settings, counts: list[int]) -> int:
+    """``len(counts)`` spawned worker processes. Ctrl-C and SIGTERM are passed on to them as SIGTERM
+    (each stops after its current update, as one process does); the exit code is 128 + that signal,
+    else the first non-zero one of a worker."""
+    context = multiprocessing.get_context("spawn")
+    workers = [
+        context.Process(target=_spawned_worker, args=(settings, count, k)) for k, count in enumerate(counts) if count
+    ]
+    for worker in workers:
+        worker.start()
+
+    received: list[int] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        received.append(signum)
+        for worker in workers:
+            if worker.is_alive() and worker.pid is not None:
+                os.kill(worker.pid, signal.SIGTERM)
+
+    previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for worker in workers:
+            worker.join()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if received:  # the signal this command got, not the SIGTERM its workers were sent
+        return 128 + received[0]
+    return next((w.exitcode for w in workers if w.exitcode), 0)
+
+
+def _summary() -> str:
+    return inspect.cleandoc(tune.__doc__ or "").split("Args:")[0].strip()
+
+
+def main(args: list[str]) -> int:
+    """``python -m lit_dqn tune ...``: jsonargparse builds the options from ``tune``'s signature and docstring."""
+    from jsonargparse import ArgumentParser
+
+    if "--" in args:  # fit's own arguments, for every trial
+        split = args.index("--")
+        args = [*args[:split], f"--fit={json.dumps(args[split + 1 :])}"]
+    try:
+        # --config is fit's config, as in fit: this parser has no config file option of its own.
+        parser = ArgumentParser(prog="python -m lit_dqn tune", description=_summary(), exit_on_error=False)
+        parser.add_function_arguments(tune, as_positional=False)
+        options = parser.parse_args(args)
+        with known_warnings_filtered():
+            return tune(**options.as_dict())
+    except ArgumentError as error:
+        print(f"lit_dqn tune: error: {_one_line(error)} (see python -m lit_dqn tune --help)", file=sys.stderr)
+        return 2
+    except ConfigError as error:
+        print(f"lit_dqn tune: error: {error}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, StopRequested) as stop:
+        print(f"lit_dqn tune: stopped ({stop or 'Ctrl-C'})", file=sys.stderr)
+        return 128 + getattr(stop, "signum", signal.SIGINT)

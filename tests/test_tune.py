@@ -1,0 +1,294 @@
+"""``python -m lit_dqn tune``: real studies of short CartPole fits in real databases (SQLite, and
+PostgreSQL where a server is given), read back with SQL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+optuna = pytest.importorskip("optuna", reason='tune needs pip install -e ".[tune]"')
+sqlalchemy = pytest.importorskip("sqlalchemy")
+
+import torch  # noqa: E402
+
+from lit_dqn import DQN, GymDataModule  # noqa: E402
+from lit_dqn.checks import ConfigError  # noqa: E402
+from lit_dqn.cli import DQNCLI, main  # noqa: E402
+from lit_dqn.tuning import Parameter, check_search_space, load_search_space, tune  # noqa: E402
+
+from .conftest import CONFIG, ROOT  # noqa: E402
+
+# Each trial: 300 updates of CartPole, a greedy validation of 3 episodes every 100 (a few seconds).
+FAST = [
+    "--trainer.accelerator=cpu",
+    "--trainer.max_steps=300",
+    "--trainer.val_check_interval=100",
+    "--data.eval_episodes=3",
+    "--data.warmup_steps=100",
+    "--data.batch_size=32",
+]
+SPACE = {
+    "model.lr": {"float": [1.0e-4, 1.0e-2], "log": True},
+    "model.gamma": {"float": [1.0e-3, 0.1], "log": True, "one_minus": True},
+    "model.hidden_sizes": {"categorical": [[32], [64, 64]]},
+}
+# The env's own kwarg makes every greedy return -1 or 0 (0 per step, -1 at a fall): below any other.
+SUTTON_BARTO = {"sutton_barto_reward": True}
+POSTGRES_URL = os.environ.get("LIT_DQN_POSTGRES_URL")
+
+
+def write_space(path: Path, space: dict) -> Path:
+    path.write_text(json.dumps(space))  # JSON is YAML
+    return path
+
+
+def trial_rows(url: str, study_name: str) -> list[tuple[int, str]]:
+    """(number, state) of every trial of the study, straight from the database's tables."""
+    engine = sqlalchemy.create_engine(url)
+    query = sqlalchemy.text(
+        "SELECT t.number, t.state FROM trials t JOIN studies s ON s.study_id = t.study_id "
+        "WHERE s.study_name = :name ORDER BY t.number"
+    )
+    with engine.connect() as connection:
+        result = connection.execute(query, {"name": study_name})
+        rows = [(number, str(state).split(".")[-1]) for number, state in result]
+    engine.dispose()
+    return rows
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Three completed trials in an SQLite file, unpruned, as a user's first study."""
+    root = tmp_path_factory.mktemp("tune")
+    url = f"sqlite:///{root / 'study.db'}"
+    code = tune(
+        config=str(CONFIG),
+        search=str(write_space(root / "space.yaml", SPACE)),
+        n_trials=3,
+        study_name="cartpole",
+        storage=url,
+        pruner="none",
+        sampler_seed=0,
+        fit=FAST,
+    )
+    return {"root": root, "url": url, "code": code, "out": root / "cartpole"}
+
+
+def test_a_study_lives_in_its_database_and_keeps_a_run_per_trial(study: dict) -> None:
+    assert study["code"] == 0
+    assert trial_rows(study["url"], "cartpole") == [(0, "COMPLETE"), (1, "COMPLETE"), (2, "COMPLETE")]
+    loaded = optuna.load_study(study_name="cartpole", storage=study["url"])
+    for trial in loaded.trials:
+        # The study samples 1 - gamma; the trial's config holds gamma itself.
+        assert set(trial.params) == {"model.lr", "1 - model.gamma", "model.hidden_sizes"}
+        assert trial.user_attrs["config"]["model.gamma"] == 1.0 - trial.params["1 - model.gamma"]
+        assert trial.user_attrs["config"]["model.hidden_sizes"] == json.loads(trial.params["model.hidden_sizes"])
+        assert trial.value == max(score for _, _, score in trial.user_attrs["history_seed_0"])
+        run = study["out"] / f"trial_{trial.number:04d}" / "lightning_logs" / "version_0"
+        assert (run / "config.yaml").is_file() and list(run.glob("events.out.tfevents.*"))
+        assert [p.name for p in (run / "checkpoints").iterdir()] == [p.name for p in run.glob("checkpoints/best-*")]
+        assert not (run / "videos").exists()  # videos off in trials
+    for name in ("best.yaml", "history.png", "importances.png"):
+        assert (study["out"] / name).stat().st_size > 0
+
+
+def test_best_yaml_reproduces_its_trial_bit_for_bit(study: dict, tmp_path: Path) -> None:
+    best = optuna.load_study(study_name="cartpole", storage=study["url"]).best_trial
+    trial_run = study["out"] / f"trial_{best.number:04d}" / "lightning_logs" / "version_0"
+    (trial_ckpt,) = trial_run.glob("checkpoints/best-*.ckpt")
+    DQNCLI(
+        DQN,
+        GymDataModule,
+        args=["fit", "--config", str(study["out"] / "best.yaml"), f"--trainer.default_root_dir={tmp_path}"],
+    )
+    (ckpt,) = (tmp_path / "lightning_logs" / "version_0" / "checkpoints").glob("best-*.ckpt")
+    assert ckpt.name == trial_ckpt.name  # the same update and the same validation return
+    ours, theirs = (torch.load(p, weights_only=False) for p in (ckpt, trial_ckpt))
+    assert ours["state_dict"].keys() == theirs["state_dict"].keys()
+    for key, value in ours["state_dict"].items():
+        assert torch.equal(value, theirs["state_dict"][key]), key
+    moments = [ckpt["optimizer_states"][0]["state"][0]["exp_avg"] for ckpt in (ours, theirs)]
+    assert torch.equal(*moments)
+
+
+def test_a_trial_below_the_median_is_pruned_at_once(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    space = {"data.env_kwargs": {"categorical": [{}, SUTTON_BARTO]}}
+    queued = optuna.create_study(study_name="prune", storage=url, direction="maximize")
+    for kwargs in ({}, {}, SUTTON_BARTO):  # two ordinary trials, then one whose returns are at most 0
+        queued.enqueue_trial({"data.env_kwargs": json.dumps(kwargs)})
+    code = tune(
+        config=str(CONFIG),
+        search=str(write_space(tmp_path / "space.yaml", space)),
+        n_trials=3,
+        study_name="prune",
+        storage=url,
+        n_startup_trials=2,
+        fit=FAST,
+    )
+    assert code == 0
+    assert trial_rows(url, "prune") == [(0, "COMPLETE"), (1, "COMPLETE"), (2, "PRUNED")]
+    pruned = optuna.load_study(study_name="prune", storage=url).trials[2]
+    assert pruned.user_attrs["config"] == {"data.env_kwargs": SUTTON_BARTO}
+    # Pruned at its first validation (update 100 of 300), and its run stopped there.
+    assert list(pruned.intermediate_values) == [100] and pruned.intermediate_values[100] <= 0
+    assert [update for update, _, _ in pruned.user_attrs["history_seed_0"]] == [100]
+
+
+def test_env_steps_to_solve_counts_env_steps_to_the_first_validation_that_reaches_the_threshold(tmp_path: Path) -> None:
+    space = write_space(tmp_path / "space.yaml", {"model.lr": {"float": [1.0e-4, 1.0e-3]}})
+    for name, threshold in (("reached", -1e9), ("never", 1e9)):
+        url = f"sqlite:///{tmp_path / name}.db"
+        common = {"config": str(CONFIG), "search": str(space), "n_trials": 1, "storage": url, "fit": FAST}
+        assert tune(**common, study_name=name, objective="env_steps_to_solve", threshold=threshold) == 0
+        (trial,) = optuna.load_study(study_name=name, storage=url).trials
+        (seed,) = trial.user_attrs["seeds"]
+        first_validation_env_steps = trial.user_attrs["history_seed_0"][0][1]
+        if name == "reached":  # 100 warm-up env steps, then one per update up to update 100
+            assert trial.value == seed["solved_at"] == first_validation_env_steps == 200
+        else:  # never solved: twice the env steps of the whole run
+            assert seed["solved_at"] is None and trial.value == 2 * seed["env_steps"] == 2 * 400
+
+
+def test_two_workers_run_the_trials_asked_for_on_one_sqlite_study(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    space = write_space(tmp_path / "space.yaml", SPACE)
+    code = tune(config=str(CONFIG), search=str(space), n_trials=4, n_jobs=2, storage=url, study_name="two", fit=FAST)
+    assert code == 0
+    rows = trial_rows(url, "two")
+    assert sorted(number for number, _ in rows) == [0, 1, 2, 3]  # four trials, no number twice
+    assert {state for _, state in rows} == {"COMPLETE"}
+    # A re-run continues the study with its own trials.
+    assert tune(config=str(CONFIG), search=str(space), n_trials=1, storage=url, study_name="two", fit=FAST) == 0
+    assert [number for number, _ in trial_rows(url, "two")] == [0, 1, 2, 3, 4]
+
+
+def test_two_machines_share_one_postgresql_study(tmp_path: Path) -> None:
+    """Two commands started at once on one PostgreSQL study, as two machines would be."""
+    if POSTGRES_URL is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must give LIT_DQN_POSTGRES_URL (.ci/run starts a PostgreSQL server)")
+        pytest.skip("no PostgreSQL server: set LIT_DQN_POSTGRES_URL=postgresql://USER:PASSWORD@HOST/DB")
+    name = f"two-machines-{uuid.uuid4().hex[:8]}"
+    space = write_space(tmp_path / "space.yaml", SPACE)
+    command = [sys.executable, "-m", "lit_dqn", "tune", "--config", str(CONFIG), "--search", str(space)]
+    command += ["--n_trials", "2", "--storage", POSTGRES_URL, "--study_name", name, "--", *FAST]
+    machines = []
+    for machine in ("a", "b"):
+        (tmp_path / machine).mkdir()
+        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+        machines.append(subprocess.Popen(command, cwd=tmp_path / machine, **pipes))
+    outputs = [machine.communicate(timeout=600)[0] for machine in machines]
+    try:
+        assert [machine.returncode for machine in machines] == [0, 0], outputs
+        rows = trial_rows(POSTGRES_URL, name)
+        assert sorted(number for number, _ in rows) == [0, 1, 2, 3]
+        assert {state for _, state in rows} == {"COMPLETE"}
+        # Each machine kept the runs of its own trials, under its own directory.
+        runs = sorted(p.name for m in ("a", "b") for p in (tmp_path / m / "lightning_logs/tune" / name).glob("trial_*"))
+        assert runs == ["trial_0000", "trial_0001", "trial_0002", "trial_0003"]
+    finally:
+        optuna.delete_study(study_name=name, storage=POSTGRES_URL)
+
+
+def test_ctrl_c_stops_the_study_and_records_the_running_trial_as_failed(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    space = write_space(tmp_path / "space.yaml", SPACE)
+    # Training, not validating, when the signal comes: the stop after an update must fail the trial too.
+    long_fit = [*FAST, "--trainer.max_steps=1000000", "--trainer.val_check_interval=100000"]
+    long_fit += ["--trainer.num_sanity_val_steps=0"]
+    command = [sys.executable, "-m", "lit_dqn", "tune", "--config", str(CONFIG), "--search", str(space)]
+    command += ["--n_trials", "5", "--storage", url, "--study_name", "stop", "--", *long_fit]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        run = tmp_path / "stop" / "trial_0000" / "lightning_logs" / "version_0"
+        while not list(run.glob("events.out.tfevents.*")) and time.monotonic() < deadline:
+            time.sleep(0.5)  # the logger's file appears as fit starts
+        time.sleep(3)  # past the 100 warm-up env steps: training
+        process.send_signal(signal.SIGINT)
+        output = process.communicate(timeout=120)[0]
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGINT, output
+    assert trial_rows(url, "stop") == [(0, "FAIL")], output
+
+
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        ({"model.lrr": {"float": [1e-4, 1e-2]}}, "model.lrr is not a key of fit (did you mean model.lr?)"),
+        ({"model.lr": {"float": [1e-2, 1e-4]}}, "the range [0.01, 0.0001] is empty"),
+        ({"model.lr": {"float": [0.0, 1e-2], "log": True}}, "a log range must be above 0"),
+        ({"data.batch_size": {"categorical": []}}, "categorical must list at least one choice"),
+        ({"data.batch_size": {"int": [1.5, 8]}}, "int takes [low, high], two integers"),
+        ({"model.eps_end": {"float": [0.0, 1.5]}}, "model.eps_end=1.5 is refused"),
+        ({"data.n_step": {"int": [0, 5]}}, "data.n_step=0 is refused"),
+        ({"model.lr": {"uniform": [1e-4, 1e-2]}}, "must be one of {float: [low, high]}"),
+        ({"seed_everything": {"int": [0, 9]}}, "seed_everything cannot be searched"),
+    ],
+)
+def test_a_bad_search_space_is_one_line_before_any_trial(space: dict, message: str, tmp_path: Path, capsys) -> None:
+    path = write_space(tmp_path / "space.yaml", space)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    code = main(["tune", "--config", str(CONFIG), "--search", str(path), "--storage", storage])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("lit_dqn tune: error: ") and message in err[0], err
+    assert not (tmp_path / "study.db").exists()  # no study was made
+
+
+@pytest.mark.parametrize(
+    ("storage", "message"),
+    [
+        ("not a url", "storage='not a url' cannot be opened (ArgumentError"),
+        ("nosuchdb://host/db", "storage='nosuchdb://host/db' cannot be opened (NoSuchModuleError"),
+        ("postgresql://someone:secret@127.0.0.1:1/db", "storage='postgresql://someone:***@127.0.0.1:1/db' cannot be"),
+    ],
+)
+def test_a_bad_storage_url_is_one_line(storage: str, message: str, tmp_path: Path, capsys) -> None:
+    path = write_space(tmp_path / "space.yaml", SPACE)
+    code = main(["tune", "--config", str(CONFIG), "--search", str(path), "--storage", storage])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert "secret" not in err[0]
+
+
+def test_a_study_made_for_another_experiment_is_refused(study: dict) -> None:
+    other = write_space(study["root"] / "other.yaml", {"model.lr": {"float": [1e-4, 1e-3]}})
+    with pytest.raises(ConfigError, match="study 'cartpole' was made with search="):
+        tune(config=str(CONFIG), search=str(other), n_trials=1, study_name="cartpole", storage=study["url"], fit=FAST)
+
+
+def test_values_are_drawn_as_the_space_says() -> None:
+    space = {
+        "gamma": Parameter("model.gamma", "float", 1e-3, 0.1, log=True, one_minus=True),
+        "sizes": Parameter("model.hidden_sizes", "categorical", choices=([64], [64, 64])),
+        "n_step": Parameter("data.n_step", "int", 1, 7, step=2),
+    }
+    trial = optuna.trial.FixedTrial({"1 - model.gamma": 0.01, "model.hidden_sizes": "[64, 64]", "data.n_step": 5})
+    assert space["gamma"].suggest(trial) == 0.99
+    assert space["sizes"].suggest(trial) == [64, 64]
+    assert space["n_step"].suggest(trial) == 5
+    assert space["gamma"].ends() == [0.999, 0.9] and space["n_step"].ends() == [1, 7]
+
+
+def test_the_shipped_search_space_fits_the_acrobot_config() -> None:
+    parameters = load_search_space(ROOT / "configs" / "search" / "dqn.yaml")
+    assert {p.key for p in parameters} >= {"model.gamma", "model.lr", "data.batch_size", "model.eps_fraction"}
+    check_search_space(str(ROOT / "configs" / "acrobot.yaml"), [], parameters)  # every end of every range builds
+
+
+def test_tune_help_names_its_options() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "lit_dqn", "tune", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0
+    for option in ("--config", "--search", "--n_trials", "--storage", "--objective", "--n_jobs", "--pruner"):
+        assert option in result.stdout
