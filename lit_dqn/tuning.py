@@ -18,7 +18,7 @@ study's config with the trial's values as dotted overrides, videos off, in its o
 - ``best_return``: the best greedy validation return (``val/return_mean``) of the run, maximised;
 - ``env_steps_to_solve``: the env steps at the first validation whose return reaches the threshold
   (the config's ``EarlyStopping`` ``stopping_threshold`` unless given), minimised; a seed that never
-  gets there counts twice the env steps it ran, so every solving trial ranks above every other.
+  gets there counts twice the env steps it ran (worse than solving at its last validation).
 
 With several seeds the value is their mean. A lit_dqn run is one endless epoch, so pruning cannot
 use Optuna's per-epoch Lightning callback: ``ValidationReport`` reports each validation's return at
@@ -368,7 +368,7 @@ class Objective:
         ]
         # The offset keeps each seed's reports at steps of their own: trials compare seed by seed.
         report = ValidationReport(trial, index * (s.max_steps or 10**12), self.sign, prune=s.pruner != "none")
-        diverged = False
+        diverged: str | None = None
         try:
             cli = _TrialCLI(
                 DQN, GymDataModule, args=args, extra_callbacks=[report], save_config_kwargs={"overwrite": True}
@@ -396,7 +396,7 @@ class Objective:
         best = max(score for _, _, score in history)
         reached = [steps for _, steps, score in history if s.threshold is not None and score >= s.threshold]
         solved_at = reached[0] if reached else None
-        # Unsolved: twice the env steps it ran, so every solving trial ranks above it.
+        # Unsolved: twice the env steps it ran, worse than solving at the run's very last validation.
         unsolved = 2.0 * env_steps
         value = best if s.objective == "best_return" else float(solved_at) if reached else unsolved
         return SeedResult(seed, value, best, updates, env_steps, solved_at, str(cli.trainer.log_dir))
@@ -589,7 +589,8 @@ def tune(
         objective: best_return (the best greedy validation return, maximised) or env_steps_to_solve (env
             steps at the first validation reaching threshold, minimised; twice the run's env steps if never).
         threshold: the return that counts as solved (default: the config's EarlyStopping stopping_threshold).
-        seeds: training seeds of every trial, its value their mean (default: the config's seed_everything).
+        seeds: training seeds of every trial, its value their mean, e.g. --seeds 0 1 2 (default: the
+            config's seed_everything).
         pruner: median (Optuna's MedianPruner on each validation's return) or none.
         n_startup_trials: trials drawn at random, and never pruned, before TPE and pruning start (Optuna's default 5).
         n_warmup_steps: updates of each run before it can be pruned (Optuna's n_warmup_steps, in updates).
@@ -702,6 +703,18 @@ def _run_workers(settings: Settings, counts: list[int]) -> int:
     return next((w.exitcode for w in workers if w.exitcode), 0)
 
 
+def _seeds_as_list(args: list[str]) -> list[str]:
+    """``--seeds 0 1 2`` as jsonargparse reads a list (``--seeds [0, 1, 2]``), which it would take too."""
+    if "--seeds" not in args:
+        return args
+    start = args.index("--seeds") + 1
+    end = next((i for i in range(start, len(args)) if args[i].startswith("--")), len(args))
+    values = args[start:end]
+    if len(values) == 1 and values[0].lstrip().startswith("["):
+        return args
+    return [*args[: start - 1], f"--seeds=[{', '.join(values)}]", *args[end:]]
+
+
 def _summary() -> str:
     return inspect.cleandoc(tune.__doc__ or "").split("Args:")[0].strip()
 
@@ -713,6 +726,7 @@ def main(args: list[str]) -> int:
     if "--" in args:  # fit's own arguments, for every trial
         split = args.index("--")
         args = [*args[:split], f"--fit={json.dumps(args[split + 1 :])}"]
+    args = _seeds_as_list(args)
     try:
         # --config is fit's config, as in fit: this parser has no config file option of its own.
         parser = ArgumentParser(prog="python -m lit_dqn tune", description=_summary(), exit_on_error=False)

@@ -178,7 +178,7 @@ def test_two_machines_share_one_postgresql_study(tmp_path: Path) -> None:
     name = f"two-machines-{uuid.uuid4().hex[:8]}"
     space = write_space(tmp_path / "space.yaml", SPACE)
     command = [sys.executable, "-m", "lit_dqn", "tune", "--config", str(CONFIG), "--search", str(space)]
-    command += ["--n_trials", "2", "--storage", POSTGRES_URL, "--study_name", name, "--", *FAST]
+    command += ["--n_trials", "2", "--storage", POSTGRES_URL, "--study_name", name, "--seeds", "3", "4", "--", *FAST]
     machines = []
     for machine in ("a", "b"):
         (tmp_path / machine).mkdir()
@@ -190,9 +190,15 @@ def test_two_machines_share_one_postgresql_study(tmp_path: Path) -> None:
         rows = trial_rows(POSTGRES_URL, name)
         assert sorted(number for number, _ in rows) == [0, 1, 2, 3]
         assert {state for _, state in rows} == {"COMPLETE"}
+        study = optuna.load_study(study_name=name, storage=POSTGRES_URL)
+        assert [[seed["seed"] for seed in trial.user_attrs["seeds"]] for trial in study.trials] == [[3, 4]] * 4
         # Each machine kept the runs of its own trials, under its own directory.
         runs = sorted(p.name for m in ("a", "b") for p in (tmp_path / m / "lightning_logs/tune" / name).glob("trial_*"))
         assert runs == ["trial_0000", "trial_0001", "trial_0002", "trial_0003"]
+        # One run per seed in each trial's directory.
+        for trial_dir in (tmp_path / m / "lightning_logs/tune" / name for m in ("a", "b")):
+            for versions in (sorted(p.name for p in t.glob("lightning_logs/*")) for t in trial_dir.glob("trial_*")):
+                assert versions == ["version_0", "version_1"]
     finally:
         optuna.delete_study(study_name=name, storage=POSTGRES_URL)
 
