@@ -8,6 +8,11 @@ class ConfigError(ValueError):
     """A configuration value lit_dqn cannot run with; the CLI prints it as one line and exits."""
 
 
+def one_line(error: BaseException) -> str:
+    """An error's message on one line (jsonargparse's span several), for the CLI's one-line errors."""
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+
+
 def check_interval(
     field: str, value: float, low: float, high: float, *, low_open: bool = False, high_open: bool = False
 ) -> None:

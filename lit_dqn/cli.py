@@ -25,7 +25,7 @@ from lit_dqn.checkpoints import (
     read_checkpoint,
     report_changed_hyperparameters,
 )
-from lit_dqn.checks import ConfigError
+from lit_dqn.checks import ConfigError, one_line
 from lit_dqn.data import GymDataModule
 from lit_dqn.episodes import EpisodeStatistics
 from lit_dqn.module import DQN, NonFiniteLossError
@@ -217,8 +217,7 @@ def record(args: list[str]) -> int:
     try:
         auto_cli(record_checkpoint, args=args, prog="python -m lit_dqn record", exit_on_error=False)
     except ArgumentError as error:
-        message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
-        print(f"lit_dqn record: error: {message} (see python -m lit_dqn record --help)", file=sys.stderr)
+        print(f"lit_dqn record: error: {one_line(error)} (see python -m lit_dqn record --help)", file=sys.stderr)
         return 2
     except ConfigError as error:
         print(f"lit_dqn record: error: {error}", file=sys.stderr)
@@ -267,7 +266,7 @@ def main(args: list[str] | None = None) -> int:
                 parser_kwargs={"exit_on_error": False, "epilog": RECORD_HELP},  # raise parse errors: one line below
             )
     except ArgumentError as error:  # unknown keys, wrong types: jsonargparse names the key and the type
-        message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        message = one_line(error)
         message = next((hint for key, hint in REMOVED_KEYS.items() if key in message), message)
         print(f"lit_dqn: error: {message} (see python -m lit_dqn --help)", file=sys.stderr)
         return 2

@@ -61,7 +61,7 @@ from jsonargparse.typing import NonNegativeInt, PositiveInt
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from lit_dqn.callbacks import GracefulStop
-from lit_dqn.checks import ConfigError
+from lit_dqn.checks import ConfigError, one_line
 from lit_dqn.cli import DQNCLI, known_warnings_filtered
 from lit_dqn.data import GymDataModule
 from lit_dqn.module import DQN, NonFiniteLossError
@@ -226,7 +226,7 @@ def check_search_space(config: str, fit_args: Sequence[str], parameters: Sequenc
         try:
             cli = _ParseOnlyCLI(DQN, GymDataModule, args=["--config", config, *fit_args], run=False)
         except ArgumentError as error:
-            raise ConfigError(f"config: {_one_line(error)}") from None
+            raise ConfigError(f"config: {one_line(error)}") from None
         base = cli.config
         keys = sorted(base.keys())
         for parameter in parameters:
@@ -243,7 +243,7 @@ def check_search_space(config: str, fit_args: Sequence[str], parameters: Sequenc
                 try:
                     _instantiate(cli.parser, cli.parser.parse_args(args))
                 except (ArgumentError, ConfigError, ValueError, TypeError) as error:
-                    message = f"search space: {parameter.key}={value!r} is refused: {_one_line(error)}"
+                    message = f"search space: {parameter.key}={value!r} is refused: {one_line(error)}"
                     raise ConfigError(message) from None
     return base
 
@@ -251,10 +251,6 @@ def check_search_space(config: str, fit_args: Sequence[str], parameters: Sequenc
 def _overrides(values: dict[str, Any]) -> list[str]:
     """Dotted ``fit`` arguments, each value as YAML (lists and dicts too)."""
     return [f"--{key}={json.dumps(value)}" for key, value in values.items()]
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
 
 
 @contextlib.contextmanager
@@ -376,7 +372,7 @@ class Objective:
         except NonFiniteLossError as error:
             diverged, cli = str(error), None
         except ArgumentError as error:
-            raise ConfigError(_one_line(error)) from None
+            raise ConfigError(one_line(error)) from None
         if cli is not None:
             stops = [cb for cb in cli.trainer.callbacks if isinstance(cb, GracefulStop) and cb.signum is not None]
             if stops:  # Ctrl-C or SIGTERM ended the fit: the trial is not finished, the study stops
@@ -735,7 +731,7 @@ def main(args: list[str]) -> int:
         with known_warnings_filtered():
             return tune(**options.as_dict())
     except ArgumentError as error:
-        print(f"lit_dqn tune: error: {_one_line(error)} (see python -m lit_dqn tune --help)", file=sys.stderr)
+        print(f"lit_dqn tune: error: {one_line(error)} (see python -m lit_dqn tune --help)", file=sys.stderr)
         return 2
     except ConfigError as error:
         print(f"lit_dqn tune: error: {error}", file=sys.stderr)
