@@ -44,8 +44,10 @@ import logging
 import math
 import multiprocessing
 import os
+import random
 import signal
 import sys
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -408,6 +410,42 @@ def shown(url: str) -> str:
         return url
 
 
+SCHEMA_ATTEMPTS = 10  # tries to open a storage whose tables other commands are creating at that moment
+
+
+def _lost_schema_race(error: Exception) -> bool:
+    """Whether opening a storage failed only because another command created its tables first.
+
+    Optuna creates the tables, then its version rows, each as check-then-create: commands started at
+    once on an empty database all see no table, and all but one then fail: PostgreSQL with "already
+    exists" or "duplicate key" (a unique index of the catalog or of the version table), MySQL with
+    "already exists" or "Duplicate entry", SQLite with "already exists" or "UNIQUE constraint failed"
+    (the version table). Looking again finds what the winner made."""
+    from sqlalchemy.exc import DBAPIError
+
+    message = str(error).lower()
+    signs = ("already exists", "duplicate", "unique constraint")
+    return isinstance(error, DBAPIError) and any(sign in message for sign in signs)
+
+
+def _rdb_storage(url: str, engine_kwargs: dict[str, Any]) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage, opened again while other commands are creating its tables."""
+    jitter = random.Random()  # its own generator: the seeded global one stays the runs'
+    for attempt in range(1, SCHEMA_ATTEMPTS + 1):
+        try:
+            # A worker that dies (kill -9, a lost machine) has its trial marked failed by the next one.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats, stable for years
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine_kwargs, heartbeat_interval=30, grace_period=120
+                )
+        except Exception as error:
+            if attempt == SCHEMA_ATTEMPTS or not _lost_schema_race(error):
+                raise
+            time.sleep(jitter.uniform(0.1, 0.5))
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     """Optuna's RDB storage for ``url``; a URL that cannot be opened is one line naming it."""
     try:
@@ -419,10 +457,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             engine_kwargs = {"connect_args": {"timeout": 60}}  # workers wait for each other's writes
-        # A worker that dies (kill -9, a lost machine) has its trial marked failed by the next one.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats, stable for years
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=30, grace_period=120)
+        return _rdb_storage(url, engine_kwargs)
     except Exception as error:  # SQLAlchemy's and the drivers' errors: a bad URL, no server, no driver
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch  # noqa: E402
 from lit_dqn import DQN, GymDataModule  # noqa: E402
 from lit_dqn.checks import ConfigError  # noqa: E402
 from lit_dqn.cli import DQNCLI, main  # noqa: E402
-from lit_dqn.tuning import Parameter, check_search_space, load_search_space, tune  # noqa: E402
+from lit_dqn.tuning import Parameter, check_search_space, load_search_space, open_storage, tune  # noqa: E402
 
 from .conftest import CONFIG, ROOT  # noqa: E402
 
@@ -169,12 +170,64 @@ def test_two_workers_run_the_trials_asked_for_on_one_sqlite_study(tmp_path: Path
     assert [number for number, _ in trial_rows(url, "two")] == [0, 1, 2, 3, 4]
 
 
-def test_two_machines_share_one_postgresql_study(tmp_path: Path) -> None:
-    """Two commands started at once on one PostgreSQL study, as two machines would be."""
+def require_postgres() -> str:
+    """The PostgreSQL server's URL; CI must have one, a laptop may not."""
     if POSTGRES_URL is None:
         if os.environ.get("CI"):
             pytest.fail("CI must give LIT_DQN_POSTGRES_URL (.ci/run starts a PostgreSQL server)")
         pytest.skip("no PostgreSQL server: set LIT_DQN_POSTGRES_URL=postgresql://USER:PASSWORD@HOST/DB")
+    return POSTGRES_URL
+
+
+def open_at_once(url: str, commands: int = 8) -> list[str]:
+    """The errors of ``commands`` threads opening one storage at the same instant, as commands started
+    together on an empty database do (the race is in creating the tables, threads meet it as processes do)."""
+    barrier, errors = threading.Barrier(commands), []
+
+    def command() -> None:
+        barrier.wait()
+        try:
+            open_storage(url)
+        except ConfigError as error:
+            errors.append(str(error))
+
+    threads = [threading.Thread(target=command) for _ in range(commands)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
+def test_commands_started_at_once_on_an_empty_sqlite_file_all_open_it(tmp_path: Path) -> None:
+    for attempt in range(3):  # each a new empty file: the race is lost at random
+        url = f"sqlite:///{tmp_path / f'study_{attempt}.db'}"
+        assert open_at_once(url) == []
+        optuna.create_study(study_name="after", storage=url)  # the tables are whole
+
+
+def test_commands_started_at_once_on_an_empty_postgresql_database_all_open_it() -> None:
+    """CI's first two commands met an empty database: all but one failed on Optuna's tables."""
+    server = require_postgres()
+    for _ in range(3):
+        schema = f"empty_{uuid.uuid4().hex[:8]}"  # an empty database of its own: a new schema
+        engine = sqlalchemy.create_engine(server)
+        with engine.begin() as connection:
+            connection.execute(sqlalchemy.text(f"CREATE SCHEMA {schema}"))
+        options = {"options": f"-csearch_path={schema}"}
+        url = sqlalchemy.make_url(server).update_query_dict(options).render_as_string(hide_password=False)
+        try:
+            assert open_at_once(url) == []
+            optuna.create_study(study_name="after", storage=url)
+        finally:
+            with engine.begin() as connection:
+                connection.execute(sqlalchemy.text(f"DROP SCHEMA {schema} CASCADE"))
+            engine.dispose()
+
+
+def test_two_machines_share_one_postgresql_study(tmp_path: Path) -> None:
+    """Two commands started at once on one PostgreSQL study, as two machines would be."""
+    require_postgres()
     name = f"two-machines-{uuid.uuid4().hex[:8]}"
     space = write_space(tmp_path / "space.yaml", SPACE)
     command = [sys.executable, "-m", "lit_dqn", "tune", "--config", str(CONFIG), "--search", str(space)]
