@@ -275,13 +275,15 @@ def _quiet_lightning() -> Iterator[None]:
 class ValidationReport(L.Callback):
     """Reports each greedy validation to the trial and ends a trial the pruner rejects.
 
-    ``history`` keeps ``(update, env_steps, return)`` per validation. A pruned run stops after the
-    validation that condemned it (``trainer.should_stop``: no further update), and ``pruned`` says so;
-    the objective then raises ``optuna.TrialPruned``.
+    ``history`` keeps ``(update, env_steps, return)`` per validation. A validation before update
+    ``warmup`` of this run is reported but never judged: each seed's run has its own warm-up (Optuna's
+    ``n_warmup_steps`` would count the steps of the trial, offset seed by seed, and so guard the first
+    seed only). A pruned run stops after the validation that condemned it (``trainer.should_stop``: no
+    further update), and ``pruned`` says so; the objective then raises ``optuna.TrialPruned``.
     """
 
-    def __init__(self, trial: optuna.Trial, step_offset: int, sign: float, prune: bool = True) -> None:
-        self.trial, self.step_offset, self.sign, self.prune = trial, step_offset, sign, prune
+    def __init__(self, trial: optuna.Trial, step_offset: int, sign: float, prune: bool = True, warmup: int = 0) -> None:
+        self.trial, self.step_offset, self.sign, self.prune, self.warmup = trial, step_offset, sign, prune, warmup
         self.history: list[tuple[int, int, float]] = []
         self.pruned = False
         self.env_steps = 0  # of the whole fit
@@ -296,7 +298,7 @@ class ValidationReport(L.Callback):
         runner = trainer.datamodule.runner
         self.history.append((trainer.global_step, runner.env_steps, float(score)))
         self.trial.report(self.sign * float(score), step=self.step_offset + trainer.global_step)
-        if self.prune and self.trial.should_prune():
+        if self.prune and trainer.global_step >= self.warmup and self.trial.should_prune():
             self.pruned = True
             trainer.should_stop = True
 
@@ -365,7 +367,8 @@ class Objective:
             "--trainer.enable_model_summary=false",
         ]
         # The offset keeps each seed's reports at steps of their own: trials compare seed by seed.
-        report = ValidationReport(trial, index * (s.max_steps or 10**12), self.sign, prune=s.pruner != "none")
+        offset, prune = index * (s.max_steps or 10**12), s.pruner != "none"
+        report = ValidationReport(trial, offset, self.sign, prune=prune, warmup=s.n_warmup_steps)
         diverged: str | None = None
         try:
             cli = _TrialCLI(
@@ -469,8 +472,8 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
 def _pruner(settings: Settings) -> optuna.pruners.BasePruner:
     if settings.pruner == "none":
         return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(
-        n_startup_trials=settings.n_startup_trials, n_warmup_steps=settings.n_warmup_steps
+    return optuna.pruners.MedianPruner(  # the warm-up is each run's own: ValidationReport
+        n_startup_trials=settings.n_startup_trials, n_warmup_steps=0
     )
 
 
@@ -599,7 +602,7 @@ def tune(
     seeds: list[int] | None = None,
     pruner: Literal["median", "none"] = "median",
     n_startup_trials: NonNegativeInt = 5,
-    n_warmup_steps: NonNegativeInt = 0,
+    n_warmup_steps: NonNegativeInt | None = None,
     n_jobs: PositiveInt = 1,
     sampler_seed: int | None = None,
     output_dir: str | None = None,
@@ -624,7 +627,10 @@ def tune(
             config's seed_everything).
         pruner: median (Optuna's MedianPruner on each validation's return) or none.
         n_startup_trials: trials drawn at random, and never pruned, before TPE and pruning start (Optuna's default 5).
-        n_warmup_steps: updates of each run before it can be pruned (Optuna's n_warmup_steps, in updates).
+        n_warmup_steps: updates of each seed's run before its validations can prune the trial (default:
+            a third of trainer.max_steps, as rl-zoo3's n_evaluations // 3; 0 without max_steps). The
+            first validations, just after the replay warm-up, say little: pruning on them dropped 2 of
+            8 Acrobot trials that went on to solve (benchmarks/README.md, "Tune").
         n_jobs: worker processes on this machine, each with cores / n_jobs torch threads.
         sampler_seed: TPE's seed (worker k uses seed + k), for a study that draws the same trials again.
         output_dir: trial runs, best.yaml and the plots (default: beside an SQLite file, in a folder named
@@ -672,6 +678,7 @@ def _settings(given: dict[str, Any]) -> Settings:
         )
     seeds = given["seeds"] if given["seeds"] else [int(base["seed_everything"] or 0)]
     n_jobs = given["n_jobs"]
+    max_steps = max(int(base["trainer.max_steps"] or 0), 0)
     settings = Settings(
         config=config,
         search=str(given["search"]),
@@ -684,9 +691,9 @@ def _settings(given: dict[str, Any]) -> Settings:
         output_dir=output_dir,
         pruner=given["pruner"],
         n_startup_trials=given["n_startup_trials"],
-        n_warmup_steps=given["n_warmup_steps"],
+        n_warmup_steps=max_steps // 3 if given["n_warmup_steps"] is None else given["n_warmup_steps"],
         sampler_seed=given["sampler_seed"],
-        max_steps=max(int(base["trainer.max_steps"] or 0), 0),
+        max_steps=max_steps,
         threads=max(1, (os.cpu_count() or 1) // n_jobs) if n_jobs > 1 else None,
         parameters=parameters,
     )

@@ -142,6 +142,21 @@ def test_a_trial_below_the_median_is_pruned_at_once(tmp_path: Path) -> None:
     assert [update for update, _, _ in pruned.user_attrs["history_seed_0"]] == [100]
 
 
+def test_validations_before_the_warm_up_are_reported_but_never_prune(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    space = {"data.env_kwargs": {"categorical": [{}, SUTTON_BARTO]}}
+    queued = optuna.create_study(study_name="warm", storage=url, direction="maximize")
+    for kwargs in ({}, {}, SUTTON_BARTO):
+        queued.enqueue_trial({"data.env_kwargs": json.dumps(kwargs)})
+    common = {"config": str(CONFIG), "n_trials": 3, "study_name": "warm", "storage": url, "n_startup_trials": 2}
+    assert tune(**common, search=str(write_space(tmp_path / "space.yaml", space)), n_warmup_steps=200, fit=FAST) == 0
+    assert trial_rows(url, "warm") == [(0, "COMPLETE"), (1, "COMPLETE"), (2, "PRUNED")]
+    pruned = optuna.load_study(study_name="warm", storage=url).trials[2]
+    # Below the median at update 100 already, but judged from update 200 on: stopped there.
+    assert list(pruned.intermediate_values) == [100, 200]
+    assert [update for update, _, _ in pruned.user_attrs["history_seed_0"]] == [100, 200]
+
+
 def test_env_steps_to_solve_counts_env_steps_to_the_first_validation_that_reaches_the_threshold(tmp_path: Path) -> None:
     space = write_space(tmp_path / "space.yaml", {"model.lr": {"float": [1.0e-4, 1.0e-3]}})
     for name, threshold in (("reached", -1e9), ("never", 1e9)):
