@@ -1,5 +1,6 @@
 """A fixed-capacity replay buffer in preallocated tensors, in the style of Stable-Baselines3's."""
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -50,7 +51,110 @@ def n_step_window(rewards: Tensor, next_index: Tensor, idx: Tensor, n_step: int)
     return window, last, steps
 
 
-class ReplayBuffer:
+class Replay(ABC):
+    """The one replay interface: a storage layout (a subclass) and a ``sampler`` (``sampling``) chosen
+    independently.
+
+    Every layout keeps each transition's action, reward, ``terminated`` flag and, with action masks,
+    the actions valid in its ``next_obs`` in preallocated columns on ``device``; it says how a slot's
+    observations are stored (``_obs``, ``_next_obs``) and which slots hold transitions. Drawing a
+    batch is shared: the sampler picks slots with the buffer's own ``torch.Generator`` (seeded, so
+    replay is reproducible apart from any other randomness), then n-step windows follow
+    ``next_index`` links.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        device: torch.device | str,
+        seed: int | None,
+        n_step: int,
+        action_mask_size: int | None,
+        sampler: Sampler | None,
+        removals: bool,
+    ) -> None:
+        self.capacity = capacity
+        self.n_step = n_step
+        self.device = torch.device(device)
+        self.actions = torch.zeros(capacity, dtype=torch.long, device=self.device)
+        self.rewards = torch.zeros(capacity, dtype=torch.float32, device=self.device)
+        self.terminated = torch.zeros(capacity, dtype=torch.bool, device=self.device)
+        self.next_mask = (  # [capacity, n_actions]: the actions valid in each transition's next_obs
+            torch.ones((capacity, action_mask_size), dtype=torch.bool, device=self.device) if action_mask_size else None
+        )
+        self.next_index: Tensor | None = None  # [capacity] the same episode's next transition (-1: none yet)
+        self.size = 0  # sampleable transitions
+        self.generator = torch.Generator(device=self.device)
+        if seed is not None:
+            self.generator.manual_seed(seed)
+        self.sampler = sampler if sampler is not None else UniformSampler()
+        # ``removals``: whether slots below the size can stop being transitions (the frame ring's).
+        self.sampler.bind(capacity, self.device, removals=removals)
+
+    def __len__(self) -> int:
+        return self.size
+
+    @abstractmethod
+    def push(
+        self,
+        obs: Any,
+        actions: Any,
+        rewards: Any,
+        next_obs: Any,
+        terminated: Any,
+        env_ids: Any = None,
+        continues: Any = None,
+        next_masks: Any = None,
+    ) -> Tensor | slice:
+        """Append ``N`` transitions; return the slots they went to."""
+
+    @abstractmethod
+    def end_episodes(self) -> None:
+        """Forget every env's open episode (a resumed run starts fresh ones)."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything exact resume needs."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` saved."""
+
+    @property
+    @abstractmethod
+    def nbytes(self) -> int:
+        """Bytes held for the whole capacity."""
+
+    @abstractmethod
+    def _obs(self, slots: Tensor) -> Tensor:
+        """The ``obs`` of the transitions at ``slots`` ``[B]``: ``[B, *obs_shape]``."""
+
+    @abstractmethod
+    def _next_obs(self, slots: Tensor) -> Tensor:
+        """The ``next_obs`` of the transitions at ``slots`` ``[B]``: ``[B, *obs_shape]``."""
+
+    def sample(self, batch_size: int, beta: float = 1.0) -> Transitions:
+        """Draw ``batch_size`` sampleable transitions with replacement (n-step windows if ``n_step > 1``),
+        as the sampler picks them; a prioritized draw carries its slots and importance-sampling
+        weights (exponent ``beta``)."""
+        if batch_size > self.size:
+            raise ValueError(f"cannot sample {batch_size} transitions from a buffer holding {self.size}")
+        idx, weights = self.sampler.draw(batch_size, self.size, self.generator, beta)
+        batch = self._gather(idx)
+        return batch if weights is None else batch._replace(indices=idx, weights=weights)
+
+    def _gather(self, idx: Tensor) -> Transitions:
+        """The transitions (or n-step windows) starting at slots ``idx`` ``[B]``."""
+        if self.n_step == 1:
+            rewards, last, steps = self.rewards[idx], idx, None
+        else:
+            rewards, last, steps = n_step_window(self.rewards, self.next_index, idx, self.n_step)
+        obs, next_obs = self._obs(idx), self._next_obs(last)
+        batch = Transitions(obs, self.actions[idx], rewards, next_obs, self.terminated[last], steps)
+        return batch if self.next_mask is None else batch._replace(next_mask=self.next_mask[last])
+
+
+class ReplayBuffer(Replay):
     """Ring buffer of ``(obs, action, reward, next_obs, terminated)`` transitions.
 
     Storage is allocated once, on ``device``, so pushing and sampling are a few indexed copies with
@@ -85,32 +189,16 @@ class ReplayBuffer:
             raise ValueError(f"ReplayBuffer capacity must be > 0, got {capacity}")
         if n_step > 1 and capacity < 2 * num_envs:
             raise ValueError(f"an n-step buffer needs capacity >= 2 * num_envs = {2 * num_envs}, got {capacity}")
-        self.capacity = capacity
-        self.n_step = n_step
-        self.device = torch.device(device)
+        # Every slot below the size is a transition: the sampler never has to forget one.
+        super().__init__(capacity, device, seed, n_step, action_mask_size, sampler, removals=False)
         # Observations keep the env's dtype where it is compact (uint8 or bool frames: 4× or more
         # smaller than float32); the Q-network makes them float on the device.
         self.obs = torch.zeros((capacity, *obs_shape), dtype=obs_dtype, device=self.device)
         self.next_obs = torch.zeros_like(self.obs)
-        self.actions = torch.zeros(capacity, dtype=torch.long, device=self.device)
-        self.rewards = torch.zeros(capacity, dtype=torch.float32, device=self.device)
-        self.terminated = torch.zeros(capacity, dtype=torch.bool, device=self.device)
-        self.next_mask = (
-            torch.ones((capacity, action_mask_size), dtype=torch.bool, device=self.device) if action_mask_size else None
-        )
         if n_step > 1:
             self.next_index = torch.full((capacity,), -1, dtype=torch.long, device=self.device)
             self.tail = np.full(num_envs, -1, dtype=np.int64)  # per env: slot of its open episode's last step
         self.pos = 0  # next slot to write
-        self.size = 0
-        self.generator = torch.Generator(device=self.device)
-        if seed is not None:
-            self.generator.manual_seed(seed)
-        self.sampler = sampler if sampler is not None else UniformSampler()
-        self.sampler.bind(capacity, self.device, removals=False)  # every slot below the size is a transition
-
-    def __len__(self) -> int:
-        return self.size
 
     @property
     def nbytes(self) -> int:
@@ -182,30 +270,11 @@ class ReplayBuffer:
         if self.n_step > 1:
             self.tail.fill(-1)
 
-    def sample(self, batch_size: int, beta: float = 1.0) -> Transitions:
-        """Draw ``batch_size`` transitions with replacement (n-step windows if ``n_step > 1``), as the
-        sampler picks them; a prioritized draw carries its slots and importance-sampling weights
-        (exponent ``beta``)."""
-        self._check_can_sample(batch_size)
-        idx, weights = self.sampler.draw(batch_size, self.size, self.generator, beta)
-        batch = self._gather(idx)
-        return batch if weights is None else batch._replace(indices=idx, weights=weights)
+    def _obs(self, slots: Tensor) -> Tensor:
+        return self.obs[slots]
 
-    def _check_can_sample(self, batch_size: int) -> None:
-        if batch_size > self.size:
-            raise ValueError(f"cannot sample {batch_size} transitions from a buffer holding {self.size}")
-
-    def _gather(self, idx: Tensor) -> Transitions:
-        """The transitions (or n-step windows) starting at slots ``idx`` ``[B]``."""
-        if self.n_step == 1:
-            batch = Transitions(
-                self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.terminated[idx]
-            )
-            return batch if self.next_mask is None else batch._replace(next_mask=self.next_mask[idx])
-        rewards, last, steps = n_step_window(self.rewards, self.next_index, idx, self.n_step)
-        next_obs, terminated = self.next_obs[last], self.terminated[last]
-        batch = Transitions(self.obs[idx], self.actions[idx], rewards, next_obs, terminated, steps)
-        return batch if self.next_mask is None else batch._replace(next_mask=self.next_mask[last])
+    def _next_obs(self, slots: Tensor) -> Tensor:
+        return self.next_obs[slots]
 
     def _storage(self) -> dict[str, Tensor]:
         storage = {

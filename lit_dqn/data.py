@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
 from lit_dqn.atari import is_atari
-from lit_dqn.buffer import ReplayBuffer, Transitions
+from lit_dqn.buffer import Replay, ReplayBuffer, Transitions
 from lit_dqn.checks import (
     ConfigError,
     check_at_least,
@@ -257,7 +257,7 @@ class GymDataModule(L.LightningDataModule):
         if is_atari(env_id):  # the frame ring keeps a few episode starts' worth of slots per env
             slots = 4 * num_envs * (self.observation_space.shape[0] + 1)
             check_at_least("data.buffer_capacity", buffer_capacity, "4 * data.num_envs * (frames per stack + 1)", slots)
-        self.buffer: ReplayBuffer | FrameReplayBuffer | None = None
+        self.buffer: Replay | None = None
         self.runner: EnvRunner | None = None
         self.dataset: ReplayDataset | None = None
         self._resume_state: dict[str, Any] | None = None

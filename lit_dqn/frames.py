@@ -7,11 +7,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lit_dqn.buffer import Transitions, n_step_window
-from lit_dqn.sampling import Sampler, UniformSampler
+from lit_dqn.buffer import Replay
+from lit_dqn.sampling import Sampler
 
 
-class FrameReplayBuffer:
+class FrameReplayBuffer(Replay):
     """A replay buffer for observations that stack the last ``K`` frames on their first axis.
 
     A plain buffer keeps ``obs`` and ``next_obs``: ``2K`` frames per transition (8 for Atari's four-frame
@@ -57,20 +57,11 @@ class FrameReplayBuffer:
                 f"a frame buffer needs capacity >= 4 * num_envs * (frames per stack + 1) = "
                 f"{4 * num_envs * (self.stack + 1)}, got {capacity}"
             )
-        self.capacity = capacity
-        self.n_step = n_step
-        self.device = torch.device(device)
+        # The sampler's tree gives start slots and stale transitions weight 0.
+        super().__init__(capacity, device, seed, n_step, action_mask_size, sampler, removals=True)
         self.frames = torch.zeros((capacity, *obs_shape[1:]), dtype=obs_dtype, device=self.device)
         self.prev = torch.arange(capacity, device=self.device)  # slot of the frame before this one
-        self.actions = torch.zeros(capacity, dtype=torch.long, device=self.device)
-        self.rewards = torch.zeros(capacity, dtype=torch.float32, device=self.device)
-        self.terminated = torch.zeros(capacity, dtype=torch.bool, device=self.device)
         self.next_index = torch.full((capacity,), -1, dtype=torch.long, device=self.device)  # next transition
-        self.next_mask = (  # per transition slot: the actions valid in its next_obs (action masks only)
-            torch.ones((capacity, action_mask_size), dtype=torch.bool, device=self.device) if action_mask_size else None
-        )
-        self.sampler = sampler if sampler is not None else UniformSampler()
-        self.sampler.bind(capacity, self.device, removals=True)  # its tree: weight 0 for start or stale slots
         # Host bookkeeping, one entry per slot.
         self.host_prev = np.arange(capacity, dtype=np.int64)
         self.serial = np.full(capacity, -1, dtype=np.int64)  # write count when the slot was written
@@ -80,13 +71,6 @@ class FrameReplayBuffer:
         self.last = np.full(num_envs, -1, dtype=np.int64)  # per env: its open episode's latest transition
         self.written = 0  # slots written so far; the next goes to ``written % capacity``
         self.span = 0  # the most slots any stored transition's stacks reach back
-        self.size = 0  # sampleable transitions
-        self.generator = torch.Generator(device=self.device)
-        if seed is not None:
-            self.generator.manual_seed(seed)
-
-    def __len__(self) -> int:
-        return self.size
 
     @property
     def pos(self) -> int:
@@ -203,18 +187,6 @@ class FrameReplayBuffer:
         self.head.fill(-1)
         self.last.fill(-1)
 
-    def sample(self, batch_size: int, beta: float = 1.0) -> Transitions:
-        """Draw ``batch_size`` sampleable transitions with replacement, as the sampler picks them; a
-        prioritized draw carries its slots and importance-sampling weights (exponent ``beta``)."""
-        self._check_can_sample(batch_size)
-        idx, weights = self.sampler.draw(batch_size, self.size, self.generator, beta)
-        batch = self._gather(idx)
-        return batch if weights is None else batch._replace(indices=idx, weights=weights)
-
-    def _check_can_sample(self, batch_size: int) -> None:
-        if batch_size > self.size:
-            raise ValueError(f"cannot sample {batch_size} transitions from a buffer holding {self.size}")
-
     def _stacks(self, newest: Tensor) -> Tensor:
         """The ``K``-frame stacks ending at slots ``newest`` ``[B]``: ``[B, K, *frame]``, oldest frame first."""
         walk = [newest]
@@ -223,15 +195,11 @@ class FrameReplayBuffer:
         slots = torch.stack(walk[::-1], dim=1)  # [B, K]
         return self.frames.index_select(0, slots.flatten()).view(*slots.shape, *self.frames.shape[1:])
 
-    def _gather(self, idx: Tensor) -> Transitions:
-        """The transitions (or n-step windows) starting at slots ``idx`` ``[B]``."""
-        obs = self._stacks(self.prev[idx])
-        if self.n_step == 1:
-            batch = Transitions(obs, self.actions[idx], self.rewards[idx], self._stacks(idx), self.terminated[idx])
-            return batch if self.next_mask is None else batch._replace(next_mask=self.next_mask[idx])
-        rewards, last, steps = n_step_window(self.rewards, self.next_index, idx, self.n_step)
-        batch = Transitions(obs, self.actions[idx], rewards, self._stacks(last), self.terminated[last], steps)
-        return batch if self.next_mask is None else batch._replace(next_mask=self.next_mask[last])
+    def _obs(self, slots: Tensor) -> Tensor:
+        return self._stacks(self.prev[slots])  # the stack one frame before the transition's newest
+
+    def _next_obs(self, slots: Tensor) -> Tensor:
+        return self._stacks(slots)
 
     def _tensors(self) -> dict[str, Tensor]:
         tensors = {

@@ -11,7 +11,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from lit_dqn.buffer import ReplayBuffer
+from lit_dqn.buffer import Replay
 from lit_dqn.envs import ActionMasks
 
 # ε-greedy policy: (observations [N, obs_dim], env steps so far, exploration RNG, valid actions
@@ -87,9 +87,7 @@ class EnvRunner:
     stored transition keeps the valid actions of its ``next_obs``.
     """
 
-    def __init__(
-        self, envs: gym.vector.VectorEnv, buffer: ReplayBuffer, seed: int, masks: ActionMasks | None = None
-    ) -> None:
+    def __init__(self, envs: gym.vector.VectorEnv, buffer: Replay, seed: int, masks: ActionMasks | None = None) -> None:
         self.envs = envs
         self.buffer = buffer
         self.masks = masks
