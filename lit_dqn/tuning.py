@@ -255,6 +255,27 @@ def _overrides(values: dict[str, Any]) -> list[str]:
     return [f"--{key}={json.dumps(value)}" for key, value in values.items()]
 
 
+class _RefusedTrialsInOneLine(logging.Filter):
+    """Optuna logs a trial that failed with a caught exception with its traceback. A trial ``fit``
+    refused (a ``ConfigError``: a drawn combination such as a warm-up longer than the buffer) keeps
+    Optuna's one line, which names the parameters and the error; the traceback says nothing more."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], ConfigError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+@contextlib.contextmanager
+def _refused_trials_in_one_line() -> Iterator[None]:
+    logger, one_line_filter = logging.getLogger("optuna.study._optimize"), _RefusedTrialsInOneLine()
+    logger.addFilter(one_line_filter)
+    try:
+        yield
+    finally:
+        logger.removeFilter(one_line_filter)
+
+
 @contextlib.contextmanager
 def _quiet_lightning() -> Iterator[None]:
     """Lightning's per-run banners (accelerators, seeds, model summary) once per trial are noise."""
@@ -509,7 +530,7 @@ def _worker(settings: Settings, n_trials: int, worker: int) -> int:
     previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         study = _study(settings, worker)
-        with known_warnings_filtered(), _quiet_lightning():
+        with known_warnings_filtered(), _quiet_lightning(), _refused_trials_in_one_line():
             study.optimize(Objective(settings), n_trials=n_trials, catch=(ConfigError,), gc_after_trial=True)
     except (KeyboardInterrupt, StopRequested) as error:
         signum = getattr(error, "signum", stopping[0] if stopping else signal.SIGINT)

@@ -157,6 +157,21 @@ def test_validations_before_the_warm_up_are_reported_but_never_prune(tmp_path: P
     assert [update for update, _, _ in pruned.user_attrs["history_seed_0"]] == [100, 200]
 
 
+def test_a_trial_fit_refuses_fails_in_one_line_and_the_study_goes_on(tmp_path: Path, caplog) -> None:
+    """Each end of each range builds, but a drawn combination may not (a warm-up longer than the buffer)."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    space = {"data.warmup_steps": {"categorical": [100, 2000]}, "data.buffer_capacity": {"categorical": [1000, 5000]}}
+    queued = optuna.create_study(study_name="refused", storage=url, direction="maximize")
+    queued.enqueue_trial({"data.warmup_steps": 2000, "data.buffer_capacity": 1000})
+    queued.enqueue_trial({"data.warmup_steps": 100, "data.buffer_capacity": 1000})
+    common = {"config": str(CONFIG), "n_trials": 2, "study_name": "refused", "storage": url, "fit": FAST}
+    assert tune(**common, search=str(write_space(tmp_path / "space.yaml", space))) == 0
+    assert trial_rows(url, "refused") == [(0, "FAIL"), (1, "COMPLETE")]
+    (failed,) = [record for record in caplog.records if "failed with parameters" in record.getMessage()]
+    assert "data.warmup_steps=2000 is not allowed: it must be at most data.buffer_capacity=1000" in failed.getMessage()
+    assert failed.exc_info is None and "Traceback" not in caplog.text
+
+
 def test_env_steps_to_solve_counts_env_steps_to_the_first_validation_that_reaches_the_threshold(tmp_path: Path) -> None:
     space = write_space(tmp_path / "space.yaml", {"model.lr": {"float": [1.0e-4, 1.0e-3]}})
     for name, threshold in (("reached", -1e9), ("never", 1e9)):
