@@ -1,11 +1,11 @@
 """Which stored transitions a replay batch draws: uniformly, or by priority (prioritized experience
 replay, Schaul et al. 2016, proportional variant), on a tensor sum-tree.
 
-A replay buffer (``buffer.Replay``) is two independent choices: its storage layout (``buffer.ReplayBuffer``, each
-transition's observations; ``frames.FrameReplayBuffer``, a ring of single frames) and its sampler
-(``UniformSampler`` or ``PrioritizedSampler``). The storage tells its sampler which slots became
-sampleable or stopped being so; the sampler draws a batch's slots (and its importance-sampling
-weights) from the storage's generator, and keeps the priorities.
+A replay buffer (``buffer.Replay``) is two independent choices: its storage layout
+(``buffer.ReplayBuffer``, each transition's observations; ``frames.FrameReplayBuffer``, a ring of
+single frames) and its sampler (``UniformSampler`` or ``PrioritizedSampler``). The storage tells
+its sampler which slots became sampleable or stopped being so; the sampler draws a batch's slots
+(and its importance-sampling weights) from the storage's generator, and keeps the priorities.
 """
 
 from typing import Any

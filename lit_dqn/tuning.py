@@ -454,20 +454,22 @@ def _lost_schema_race(error: Exception) -> bool:
 
 def _rdb_storage(url: str, engine_kwargs: dict[str, Any]) -> optuna.storages.RDBStorage:
     """Optuna's RDB storage, opened again while other commands are creating its tables."""
+
+    def attempt() -> optuna.storages.RDBStorage:
+        # A worker that dies (kill -9, a lost machine) has its trial marked failed by the next one.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats, stable for years
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=30, grace_period=120)
+
     jitter = random.Random()  # its own generator: the seeded global one stays the runs'
-    for attempt in range(1, SCHEMA_ATTEMPTS + 1):
+    for _ in range(SCHEMA_ATTEMPTS - 1):
         try:
-            # A worker that dies (kill -9, a lost machine) has its trial marked failed by the next one.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats, stable for years
-                return optuna.storages.RDBStorage(
-                    url, engine_kwargs=engine_kwargs, heartbeat_interval=30, grace_period=120
-                )
+            return attempt()
         except Exception as error:
-            if attempt == SCHEMA_ATTEMPTS or not _lost_schema_race(error):
+            if not _lost_schema_race(error):
                 raise
             time.sleep(jitter.uniform(0.1, 0.5))
-    raise AssertionError("unreachable: the last attempt returns or raises")
+    return attempt()  # the last: whatever it raises is the storage's error
 
 
 def open_storage(url: str) -> optuna.storages.BaseStorage:
