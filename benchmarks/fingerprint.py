@@ -5,9 +5,10 @@
     git stash; python benchmarks/fingerprint.py --all > before.jsonl; git stash pop
     diff before.jsonl after.jsonl                             # no output: the same learning, bit for bit
 
-Each run is a CPU ``fit`` of the config (no video), with every update's TD loss recorded. It prints
-one JSON line: the number of updates, hashes of the per-update losses, of both networks' weights, of
-the optimizer state and of the episode history, every validation's score, and the checkpoint names.
+Each run is a CPU ``fit`` of the config (no video), with every update's loss recorded (as
+``training_step`` returns it: the TD loss, or a distributional head's). It prints one JSON line: the
+number of updates, hashes of the per-update losses, of both networks' weights, of the optimizer state
+and of the episode history, every validation's score, and the checkpoint names.
 Two commits print the same line only if they learn the same numbers.
 
 ``--all`` runs ``RUNS``: each shipped config for a budget that includes at least one validation
@@ -73,6 +74,16 @@ def digest(value: Any) -> str:
     return h.hexdigest()[:16]
 
 
+class Losses(L.Callback):
+    """Every update's loss, as ``training_step`` returns it: the TD loss, or a distributional head's."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        self.values.append(float(outputs["loss"]))
+
+
 class Validations(L.Callback):
     """Every validation's score during fit, at the updates done."""
 
@@ -86,35 +97,26 @@ class Validations(L.Callback):
 
 def fingerprint(config: str, overrides: list[str]) -> dict[str, Any]:
     """Fit ``config`` with ``overrides`` on the CPU, in this process, and hash what it learned."""
-    import lit_dqn.losses
-    import lit_dqn.module
     from lit_dqn.cli import DQNCLI
     from lit_dqn.data import GymDataModule
     from lit_dqn.episodes import EpisodeStatistics
     from lit_dqn.module import DQN
 
-    losses: list[float] = []
-
-    def recorded(*args, **kwargs) -> torch.Tensor:
-        loss = lit_dqn.losses.td_loss(*args, **kwargs)
-        losses.append(loss.item())
-        return loss
-
-    with tempfile.TemporaryDirectory() as root, mock.patch.object(lit_dqn.module, "td_loss", recorded):
+    with tempfile.TemporaryDirectory() as root:
         args = ["--config", config, "--trainer.accelerator=cpu", f"--trainer.default_root_dir={root}"]
         args += ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", *overrides]
         with mock.patch.object(sys, "argv", ["lit_dqn"]):
             cli = DQNCLI(DQN, GymDataModule, args=args, run=False)
-        validations = Validations()
+        losses, validations = Losses(), Validations()
         callbacks = [c for c in cli.trainer.callbacks if type(c).__name__ != "GreedyVideo"]
-        cli.trainer.callbacks = [*callbacks, validations]
+        cli.trainer.callbacks = [*callbacks, losses, validations]
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         checkpoints = sorted(p.name for p in Path(root).rglob("*.ckpt"))
     model, episodes = cli.model, EpisodeStatistics.of(cli.trainer)
     return {
-        "updates": len(losses),
+        "updates": len(losses.values),
         "global_step": cli.trainer.global_step,
-        "losses": digest(losses),
+        "losses": digest(losses.values),
         "weights": digest(model.state_dict()),
         "optimizer": digest(cli.trainer.optimizers[0].state_dict()["state"]),
         "episodes": len(episodes.durations),

@@ -137,9 +137,11 @@ def quantile_huber_loss(quantiles: Tensor, actions: Tensor, targets: Tensor, kap
     The asymmetric weight pulls ``θ_i`` to the ``τ̂_i``-quantile of the targets; Huber keeps the
     gradient bounded near 0 where the plain quantile loss's is not smooth.
     """
-    n = quantiles.shape[2]
+    n, n_targets = quantiles.shape[2], targets.shape[1]
     tau = (2 * torch.arange(n, device=quantiles.device, dtype=quantiles.dtype) + 1) / (2 * n)  # [N]
-    errors = targets.detach()[:, None, :] - taken(quantiles, actions)[:, :, None]  # [B, N, N′]
-    huber = F.huber_loss(errors, torch.zeros_like(errors), reduction="none", delta=kappa)  # [B, N, N′]
-    weight = (tau[None, :, None] - (errors < 0).to(errors.dtype)).abs()
-    return (weight * huber / kappa).sum(dim=1).mean(dim=1)
+    theta = taken(quantiles, actions)[:, :, None].expand(-1, -1, n_targets)  # [B, N, N′], θ_i along j
+    target = targets.detach()[:, None, :].expand_as(theta)  # [B, N, N′], T_j along i
+    # Huber_κ(u) is even, so Huber of (θ, T) is Huber_κ(T − θ); one fused op, with no tensor of u
+    huber = F.huber_loss(theta, target, reduction="none", delta=kappa)  # [B, N, N′]
+    weight = (tau[None, :, None] - (target < theta).to(theta.dtype)).abs()  # |τ̂_i − 1{u < 0}|
+    return (weight * huber).sum(dim=1).mean(dim=1) / kappa

@@ -126,7 +126,7 @@ def test_ddp_benchmark_compares_one_and_two_processes() -> None:
 
 def test_fingerprint_tells_the_same_learning_from_a_different_one(monkeypatch) -> None:
     """benchmarks/fingerprint.py, the bit-for-bit check of a change: two identical fits hash alike,
-    and a different learning rate changes the losses and weights it hashes."""
+    and a different learning rate changes the losses and weights it hashes; every head's losses count."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import fingerprint
 
@@ -139,3 +139,5 @@ def test_fingerprint_tells_the_same_learning_from_a_different_one(monkeypatch) -
     assert "last.ckpt" in first["checkpoints"]
     other = fingerprint.fingerprint(config, [*short, "--model.lr=2e-3"])
     assert other["losses"] != first["losses"] and other["weights"] != first["weights"]
+    quantiles = fingerprint.fingerprint(config, [*short, "--model.distributional=qr_dqn"])  # its loss is not td_loss
+    assert quantiles["updates"] == 40 and quantiles["losses"] != first["losses"]

@@ -16,6 +16,7 @@ import pytest
 optuna = pytest.importorskip("optuna", reason='tune needs pip install -e ".[tune]"')
 sqlalchemy = pytest.importorskip("sqlalchemy")
 
+import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
 from lit_dqn import DQN, GymDataModule  # noqa: E402
@@ -284,6 +285,26 @@ def test_two_machines_share_one_postgresql_study(tmp_path: Path) -> None:
                 assert versions == ["version_0", "version_1"]
     finally:
         optuna.delete_study(study_name=name, storage=POSTGRES_URL)
+
+
+class CtrlCInTheLastUpdate(L.Callback):
+    """Ctrl-C at the end of a fit's very last update."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        if trainer.global_step == trainer.max_steps:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_in_a_fit_that_then_returns_still_stops_the_study(tmp_path: Path) -> None:
+    """A stop makes Lightning validate, whose first env step raises ``StopRequested``; a fit that
+    validates nothing returns instead. The user's Ctrl-C must stop the study all the same, not fail
+    the trial for its missing validations and start the next one."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    fit = [*FAST, "--trainer.limit_val_batches=0", f"--trainer.callbacks+={__name__}.CtrlCInTheLastUpdate"]
+    space = str(write_space(tmp_path / "space.yaml", SPACE))
+    code = tune(config=str(CONFIG), search=space, n_trials=2, study_name="last", storage=url, pruner="none", fit=fit)
+    assert code == 128 + signal.SIGINT
+    assert trial_rows(url, "last") == [(0, "FAIL")]
 
 
 def test_ctrl_c_stops_the_study_and_records_the_running_trial_as_failed(tmp_path: Path) -> None:
