@@ -114,7 +114,7 @@ def test_learns_cartpole_well_above_random(tmp_path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [10, 11, 12])
+@pytest.mark.parametrize("seed", [10, 11])  # two, to keep CI well inside 30 min; benchmark.py runs 10
 def test_default_config_solves_cartpole(seed: int, tmp_path) -> None:
     """The product: from a fresh seed, the default config's best checkpoint scores a greedy
     100-episode mean of at least 475 on test seeds that validation never used."""
