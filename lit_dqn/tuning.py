@@ -230,6 +230,7 @@ def check_search_space(config: str, fit_args: Sequence[str], parameters: Sequenc
         except ArgumentError as error:
             raise ConfigError(f"config: {one_line(error)}") from None
         base = cli.config
+        _check_trials_validate(base)
         keys = sorted(base.keys())
         for parameter in parameters:
             if parameter.key in {"config", "seed_everything"}:
@@ -243,11 +244,30 @@ def check_search_space(config: str, fit_args: Sequence[str], parameters: Sequenc
             for value in parameter.ends():
                 args = ["--config", config, *fit_args, *_overrides({parameter.key: value})]
                 try:
-                    _instantiate(cli.parser, cli.parser.parse_args(args))
+                    parsed = cli.parser.parse_args(args)
+                    _instantiate(cli.parser, parsed)
+                    _check_trials_validate(parsed)
                 except (ArgumentError, ConfigError, ValueError, TypeError) as error:
                     message = f"search space: {parameter.key}={value!r} is refused: {one_line(error)}"
                     raise ConfigError(message) from None
     return base
+
+
+def _check_trials_validate(config: Any) -> None:
+    """Refuse, before any trial, a fit that would run no greedy validation: trials are scored by
+    their validations, so such a fit would train in full and only then fail."""
+    limit = config["trainer.limit_val_batches"]
+    if limit is not None and float(limit) == 0:
+        raise ConfigError(
+            f"trainer.limit_val_batches={float(limit):g} is not allowed for tune: each trial is scored by its greedy "
+            "validations (leave it unset, or give a positive number)"
+        )
+    max_steps, interval = config["trainer.max_steps"], config["trainer.val_check_interval"]
+    if isinstance(interval, int) and max_steps is not None and 0 <= max_steps < interval:
+        raise ConfigError(
+            f"trainer.max_steps={max_steps} is below trainer.val_check_interval={interval}: no trial would "
+            "validate, and tune scores trials by their greedy validations"
+        )
 
 
 def _overrides(values: dict[str, Any]) -> list[str]:

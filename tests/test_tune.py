@@ -3,6 +3,7 @@ PostgreSQL where a server is given), read back with SQL."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -287,24 +288,39 @@ def test_two_machines_share_one_postgresql_study(tmp_path: Path) -> None:
         optuna.delete_study(study_name=name, storage=POSTGRES_URL)
 
 
-class CtrlCInTheLastUpdate(L.Callback):
-    """Ctrl-C at the end of a fit's very last update."""
+class CtrlCAsTheFitEnds(L.Callback):
+    """Ctrl-C after the fit's last validation, while it winds up (``GracefulStop``, which comes after
+    the config's callbacks, still holds the signal)."""
 
-    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
-        if trainer.global_step == trainer.max_steps:
-            os.kill(os.getpid(), signal.SIGINT)
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 def test_ctrl_c_in_a_fit_that_then_returns_still_stops_the_study(tmp_path: Path) -> None:
-    """A stop makes Lightning validate, whose first env step raises ``StopRequested``; a fit that
-    validates nothing returns instead. The user's Ctrl-C must stop the study all the same, not fail
-    the trial for its missing validations and start the next one."""
+    """A stop during training makes Lightning validate, whose first env step raises ``StopRequested``;
+    one after the last validation lets the fit return. The user's Ctrl-C must stop the study all the
+    same, not score the trial and start the next one."""
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    fit = [*FAST, "--trainer.limit_val_batches=0", f"--trainer.callbacks+={__name__}.CtrlCInTheLastUpdate"]
+    fit = [*FAST, f"--trainer.callbacks+={__name__}.CtrlCAsTheFitEnds"]
     space = str(write_space(tmp_path / "space.yaml", SPACE))
     code = tune(config=str(CONFIG), search=space, n_trials=2, study_name="last", storage=url, pruner="none", fit=fit)
     assert code == 128 + signal.SIGINT
     assert trial_rows(url, "last") == [(0, "FAIL")]
+
+
+@pytest.mark.parametrize(
+    ("fit", "message"),
+    [
+        (["--trainer.limit_val_batches=0"], "trainer.limit_val_batches=0 is not allowed for tune"),
+        (["--trainer.max_steps=99"], "trainer.max_steps=99 is below trainer.val_check_interval=100"),
+    ],
+)
+def test_a_fit_that_would_not_validate_is_one_line_before_any_trial(fit: list, message: str, tmp_path: Path) -> None:
+    path = write_space(tmp_path / "space.yaml", SPACE)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        tune(config=str(CONFIG), search=str(path), storage=storage, n_trials=1, fit=[*FAST, *fit])
+    assert not (tmp_path / "study.db").exists()  # no study was made
 
 
 def test_ctrl_c_stops_the_study_and_records_the_running_trial_as_failed(tmp_path: Path) -> None:
