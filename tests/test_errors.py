@@ -1,9 +1,13 @@
 """Bad input gets one clear line on stderr, a non-zero exit, no traceback, and loses nothing on disk."""
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+from lit_dqn.cli import main
 
 from .conftest import CONFIG, SHORT_FIT, FitRun, run_cli
 
@@ -84,10 +88,17 @@ def assert_clean_error(result, fragments: list[str], code: int = 2) -> str:
 
 
 @pytest.mark.parametrize(("args", "fragments"), BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
-def test_bad_input_is_one_clear_line(args: list[str], fragments: list[str], run_dir_with_history: Path) -> None:
+def test_bad_input_is_one_clear_line(
+    args: list[str], fragments: list[str], run_dir_with_history: Path, monkeypatch, capsys
+) -> None:
+    """In-process, through the CLI's ``main`` (what the command runs); the subprocess tests below
+    show the command's own exit status and stderr."""
+    monkeypatch.chdir(run_dir_with_history)
+    monkeypatch.setattr(sys, "argv", ["lit_dqn"])  # LightningCLI warns when pytest's arguments are there too
     before = snapshot(run_dir_with_history)
-    result = run_cli("fit", "--config", str(CONFIG), *SHORT_FIT, *args, cwd=run_dir_with_history)
-    assert_clean_error(result, fragments)
+    argv = ["fit", "--config", str(CONFIG), *SHORT_FIT, *args]
+    code = main(argv)
+    assert_clean_error(subprocess.CompletedProcess(argv, code, *capsys.readouterr()), fragments)
     after = snapshot(run_dir_with_history)
     assert {k: v for k, v in after.items() if k in before} == before  # nothing deleted or rewritten
 
