@@ -358,6 +358,10 @@ def test_ctrl_c_stops_the_study_and_records_the_running_trial_as_failed(tmp_path
         ({"data.n_step": {"int": [0, 5]}}, "data.n_step=0 is refused"),
         ({"model.lr": {"uniform": [1e-4, 1e-2]}}, "must be one of {float: [low, high]}"),
         ({"seed_everything": {"int": [0, 9]}}, "seed_everything cannot be searched"),
+        (
+            {"trainer.max_steps": {"int": [100, 200000]}},
+            "trainer.max_steps=100 is refused: trainer.max_steps=100 is below",
+        ),
     ],
 )
 def test_a_bad_search_space_is_one_line_before_any_trial(space: dict, message: str, tmp_path: Path, capsys) -> None:
