@@ -87,18 +87,25 @@ def assert_clean_error(result, fragments: list[str], code: int = 2) -> str:
     return errors[0]
 
 
+def run_main(argv: list[str], cwd: Path, monkeypatch, capsys) -> subprocess.CompletedProcess:
+    """``lit_dqn.cli.main(argv)`` in this process, in ``cwd``, as a finished command: its exit code
+    and what it printed (Lightning's log lines, written by handlers made at import, are not seen)."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["lit_dqn"])  # LightningCLI warns when pytest's arguments are there too
+    capsys.readouterr()
+    code = main(argv)
+    return subprocess.CompletedProcess(argv, code, *capsys.readouterr())
+
+
 @pytest.mark.parametrize(("args", "fragments"), BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
 def test_bad_input_is_one_clear_line(
     args: list[str], fragments: list[str], run_dir_with_history: Path, monkeypatch, capsys
 ) -> None:
     """In-process, through the CLI's ``main`` (what the command runs); the subprocess tests below
     show the command's own exit status and stderr."""
-    monkeypatch.chdir(run_dir_with_history)
-    monkeypatch.setattr(sys, "argv", ["lit_dqn"])  # LightningCLI warns when pytest's arguments are there too
     before = snapshot(run_dir_with_history)
-    argv = ["fit", "--config", str(CONFIG), *SHORT_FIT, *args]
-    code = main(argv)
-    assert_clean_error(subprocess.CompletedProcess(argv, code, *capsys.readouterr()), fragments)
+    result = run_main(["fit", "--config", str(CONFIG), *SHORT_FIT, *args], run_dir_with_history, monkeypatch, capsys)
+    assert_clean_error(result, fragments)
     after = snapshot(run_dir_with_history)
     assert {k: v for k, v in after.items() if k in before} == before  # nothing deleted or rewritten
 
@@ -139,9 +146,11 @@ def test_checkpoint_of_a_plain_network_into_a_dueling_one_says_so(run_dir_with_h
     assert_clean_error(result, ["does not fit this model", "dueling=False, the config gives", "dueling=True"])
 
 
-def test_test_and_validate_score_a_checkpoint_or_say_they_mean_the_untrained_net(run_dir_with_history: Path) -> None:
+def test_test_and_validate_score_a_checkpoint_or_say_they_mean_the_untrained_net(
+    run_dir_with_history: Path, monkeypatch, capsys
+) -> None:
     for subcommand in ("validate", "test"):  # scoring the untrained network by accident: refused
-        result = run_cli(subcommand, "--config", str(CONFIG), *SHORT_FIT, cwd=run_dir_with_history)
+        result = run_main([subcommand, "--config", str(CONFIG), *SHORT_FIT], run_dir_with_history, monkeypatch, capsys)
         assert_clean_error(result, [f"{subcommand} scores a trained network", "--ckpt_path untrained"])
     result = run_cli("test", "--config", str(CONFIG), *SHORT_FIT, "--ckpt_path=untrained", cwd=run_dir_with_history)
     assert result.returncode == 0 and "Scoring the untrained network" in result.stderr, result.stderr[-2000:]
@@ -165,8 +174,8 @@ def test_resume_last_skips_a_newest_last_ckpt_that_cannot_be_read(run_dir_with_h
     assert f"Resuming from {good.relative_to(run_dir_with_history)}" in result.stderr
 
 
-def test_resume_last_without_any_run(tmp_path: Path) -> None:
-    result = run_cli("fit", "--config", str(CONFIG), *SHORT_FIT, "--ckpt_path=last", cwd=tmp_path)
+def test_resume_last_without_any_run(tmp_path: Path, monkeypatch, capsys) -> None:
+    result = run_main(["fit", "--config", str(CONFIG), *SHORT_FIT, "--ckpt_path=last"], tmp_path, monkeypatch, capsys)
     assert_clean_error(result, ["ckpt_path='last' found no", "last.ckpt"])
 
 
