@@ -8,6 +8,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_dqn.distributed import world
 from lit_dqn.episodes import EpisodeStatistics
@@ -66,8 +67,11 @@ class GracefulStop(L.Callback):
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be installed from the main thread
         clear_stop()
+        handler = self._make_handler(trainer)
         for signum in STOP_SIGNALS:
-            self._previous[signum] = signal.signal(signum, self._make_handler(trainer))
+            self._previous[signum] = signal.signal(signum, handler)
+        if trainer.received_sigterm:  # it came after Lightning's handler was set, before ours: the same stop
+            handler(signal.SIGTERM, None)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if self._requested:
@@ -93,8 +97,11 @@ class GracefulStop(L.Callback):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         """A stop that interrupted env stepping (warm-up, evaluation) saves what an exact resume needs:
-        the state after the last update, as a stop after that update would have."""
-        stopped_training = isinstance(exception, StopRequested) and bool(self._previous)  # not after training
+        the state after the last update, as a stop after that update would have. So does Lightning's
+        own ``SIGTERMException``, raised between updates (its DDP ranks share a SIGTERM at each batch)."""
+        stopped_training = isinstance(exception, StopRequested | SIGTERMException) and bool(self._previous)
+        if isinstance(exception, SIGTERMException):
+            self.signum = signal.SIGTERM
         self._restore_handlers()
         if stopped_training:
             self._save_last(trainer)

@@ -3,6 +3,7 @@
 import contextlib
 import inspect
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from lit_dqn.callbacks import GracefulStop
@@ -276,5 +277,8 @@ def main(args: list[str] | None = None) -> int:
     except StopRequested as stop:  # Ctrl-C, SIGTERM during a warm-up, an evaluation or a video (GracefulStop)
         print(f"lit_dqn: {stop}", file=sys.stderr)
         return 128 + stop.signum
+    except SIGTERMException:  # Lightning's own stop (a SystemExit of status 0), between updates or batches
+        print("lit_dqn: stopped by SIGTERM", file=sys.stderr)
+        return 128 + signal.SIGTERM
     stops = [cb for cb in cli.trainer.callbacks if isinstance(cb, GracefulStop) and cb.signum is not None]
     return 128 + stops[0].signum if stops else 0  # the shell's convention for "ended by signal N"

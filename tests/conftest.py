@@ -8,7 +8,7 @@ import lightning as L
 import pytest
 
 from lit_dqn import DQN, GymDataModule
-from lit_dqn.cli import DQNCLI
+from lit_dqn.cli import DQNCLI, main
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "cartpole.yaml"
@@ -34,6 +34,16 @@ def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.Completed
     return subprocess.run(
         [sys.executable, "-m", "lit_dqn", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
     )
+
+
+def run_main(argv: list[str], cwd: Path, monkeypatch, capsys) -> subprocess.CompletedProcess:
+    """``lit_dqn.cli.main(argv)`` in this process, in ``cwd``, as a finished command: its exit code
+    and what it printed (Lightning's log lines, written by handlers made at import, are not seen)."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["lit_dqn"])  # LightningCLI warns when pytest's arguments are there too
+    capsys.readouterr()
+    code = main(argv)
+    return subprocess.CompletedProcess(argv, code, *capsys.readouterr())
 
 
 @dataclass

@@ -1,15 +1,11 @@
 """Bad input gets one clear line on stderr, a non-zero exit, no traceback, and loses nothing on disk."""
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from lit_dqn.cli import main
-
-from .conftest import CONFIG, SHORT_FIT, FitRun, run_cli
+from .conftest import CONFIG, SHORT_FIT, FitRun, run_cli, run_main
 
 # (CLI arguments after `fit --config configs/cartpole.yaml`, fragments the one-line message must contain)
 BAD_INPUTS = [
@@ -85,16 +81,6 @@ def assert_clean_error(result, fragments: list[str], code: int = 2) -> str:
     for fragment in fragments:
         assert fragment in errors[0], errors[0]
     return errors[0]
-
-
-def run_main(argv: list[str], cwd: Path, monkeypatch, capsys) -> subprocess.CompletedProcess:
-    """``lit_dqn.cli.main(argv)`` in this process, in ``cwd``, as a finished command: its exit code
-    and what it printed (Lightning's log lines, written by handlers made at import, are not seen)."""
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", ["lit_dqn"])  # LightningCLI warns when pytest's arguments are there too
-    capsys.readouterr()
-    code = main(argv)
-    return subprocess.CompletedProcess(argv, code, *capsys.readouterr())
 
 
 @pytest.mark.parametrize(("args", "fragments"), BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])

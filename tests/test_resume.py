@@ -12,6 +12,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_dqn import DQN, EpisodeStatistics
 from lit_dqn.checkpoints import AtomicCheckpointIO
@@ -20,7 +21,7 @@ from lit_dqn.module import NonFiniteLossError
 from lit_dqn.rollout import EnvRunner, StopRequested
 
 from . import conftest
-from .conftest import CONFIG, SHORT_FIT, StepRecorder, run_cli
+from .conftest import CONFIG, SHORT_FIT, StepRecorder, run_cli, run_main
 from .test_toolbox import PrioritizedCheck
 
 
@@ -212,6 +213,16 @@ def start_fit(cwd: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+def read_until(process: subprocess.Popen, text: str) -> str:
+    """The stderr of ``process`` up to the first line holding ``text``."""
+    lines = []
+    while not lines or text not in lines[-1]:
+        line = process.stderr.readline()
+        assert line, "".join(lines)[-3000:]  # it ended first
+        lines.append(line)
+    return "".join(lines)
+
+
 def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -224,10 +235,10 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> Non
 def test_signal_stops_cleanly_with_a_loadable_last_checkpoint(signum: int, tmp_path: Path) -> None:
     process = start_fit(tmp_path, "--trainer.max_steps=1000000", "--trainer.val_check_interval=1000000")
     run_dir = tmp_path / "lightning_logs/version_0"
-    wait_for(run_dir / "config.yaml", process)
+    start = read_until(process, "Replay buffer: ")  # the train dataloader is made
     time.sleep(3)  # well into training
     process.send_signal(signum)
-    _, stderr = process.communicate(timeout=120)
+    stderr = start + process.communicate(timeout=120)[1]
     assert process.returncode == 128 + signum, stderr[-3000:]
     assert "Traceback" not in stderr
     last = run_dir / "checkpoints/last.ckpt"
@@ -305,17 +316,49 @@ def test_a_signal_during_a_long_warm_up_ends_the_run_within_seconds(tmp_path: Pa
     warm_up = ("--data.warmup_steps=1000000", "--data.buffer_capacity=1000000")
     process = start_fit(tmp_path, *warm_up)
     run_dir = tmp_path / "lightning_logs/version_0"
-    wait_for(run_dir / "config.yaml", process)
+    start = read_until(process, "Replay buffer: ")  # the train dataloader is made, the warm-up begins
     time.sleep(3)  # well into the warm-up, which takes a minute or more
     process.send_signal(signal.SIGTERM)
     sent = time.monotonic()
-    _, stderr = process.communicate(timeout=120)
+    stderr = start + process.communicate(timeout=120)[1]
     assert time.monotonic() - sent < 15, stderr[-3000:]
     assert process.returncode == 143 and "Traceback" not in stderr, stderr[-3000:]
     assert stderr.strip().splitlines()[-1] == "lit_dqn: stopped by SIGTERM"
     assert "Saved lightning_logs/version_0/checkpoints/last.ckpt at step 0" in stderr
     saved = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)
     assert 0 < saved["GymDataModule"]["runner"]["env_steps"] < 1000000
+
+
+class SigtermBeforeOurHandler(L.Callback):
+    """SIGTERM once Lightning has set its own handler and before ``GracefulStop`` sets ours (it comes
+    after the config's callbacks): as a signal landing while the train dataloader is being made."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+class LightningSigterm(L.Callback):
+    """Lightning's own stop after update 50, as its DDP ranks raise it when rank 0 got a SIGTERM."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == 50:
+            raise SIGTERMException
+
+
+@pytest.mark.parametrize(
+    ("callback", "step"), [("SigtermBeforeOurHandler", 0), ("LightningSigterm", 50)], ids=["window", "lightning"]
+)
+def test_a_sigterm_that_lightning_catches_still_stops_with_143_and_last_ckpt(
+    callback: str, step: int, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """Lightning's SIGTERM handling ends a run with ``SystemExit()``, status 0 and no checkpoint: a
+    preempted job would look finished. Either way in, the run stops as from our own handler."""
+    fit = ["fit", "--config", str(CONFIG), *SHORT_FIT, f"--trainer.callbacks+=tests.test_resume.{callback}"]
+    result = run_main(fit, tmp_path, monkeypatch, capsys)
+    assert result.returncode == 143, result.stderr[-3000:]
+    assert f"Saved lightning_logs/version_0/checkpoints/last.ckpt at step {step}" in result.stderr
+    saved = torch.load(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=False)
+    assert saved["global_step"] == step
 
 
 def test_kill_9_never_leaves_a_broken_latest_checkpoint(tmp_path: Path) -> None:
