@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -6,9 +7,19 @@ from unittest import mock
 
 import lightning as L
 import pytest
+import torch
 
 from lit_dqn import DQN, GymDataModule
 from lit_dqn.cli import DQNCLI, main
+
+# pytest-xdist's workers (README: the suite runs on every core) share the cores: one torch thread
+# each on 2 cores, also in the CLI subprocesses. Two workers of two threads each oversubscribed them
+# (OpenMP threads spin while they wait): the suite took 42 minutes that way, against 27 in one process.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    THREADS = max(1, (os.cpu_count() or 1) // WORKERS)
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
+    torch.set_num_threads(THREADS)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "cartpole.yaml"
