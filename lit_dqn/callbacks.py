@@ -3,16 +3,18 @@
 import signal
 import sys
 import threading
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_dqn.distributed import world
 from lit_dqn.episodes import EpisodeStatistics
-from lit_dqn.rollout import STOP_SIGNALS, StopRequested, clear_stop, request_stop
+from lit_dqn.rollout import STOP_SIGNALS, StopRequested, clear_stop, request_stop, stop_on_signals
 
 
 class EpisodeProgressBar(TQDMProgressBar):
@@ -50,6 +52,10 @@ class GracefulStop(L.Callback):
     several ranks (DDP) the request waits for the next training step's start, where the module shares
     it with every rank, so all stop after the same update. A second Ctrl-C interrupts at once, as
     usual. ``signum`` tells the CLI which signal ended the run.
+
+    ``validate`` and ``test`` have no training state to save: there a signal ends the evaluation at
+    its next env step with ``StopRequested`` (exit 130 or 143, no scores), where Lightning's own
+    handler would let it play every episode and then exit 0 as if nothing had been asked.
     """
 
     def __init__(self) -> None:
@@ -57,6 +63,7 @@ class GracefulStop(L.Callback):
         self._requested = False
         self._previous: dict[int, Any] = {}
         self._saved_step: int | None = None
+        self._evaluation = ExitStack()  # the handlers of a ``validate`` or ``test`` run, while it evaluates
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         self._saved_step = trainer.global_step
@@ -72,6 +79,27 @@ class GracefulStop(L.Callback):
             self._previous[signum] = signal.signal(signum, handler)
         if trainer.received_sigterm:  # it came after Lightning's handler was set, before ours: the same stop
             handler(signal.SIGTERM, None)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop_evaluation_on_signals(trainer)
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop_evaluation_on_signals(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._evaluation.close()
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._evaluation.close()
+
+    def _stop_evaluation_on_signals(self, trainer: L.Trainer) -> None:
+        """Outside a fit (``validate``, ``test``), Ctrl-C and SIGTERM end the evaluation at its next env
+        step; a fit's validations already stop through the handlers ``on_train_start`` set."""
+        if trainer.state.fn == TrainerFn.FITTING:
+            return
+        self._evaluation.enter_context(stop_on_signals())
+        if trainer.received_sigterm:  # it came after Lightning's handler was set, before ours
+            request_stop(signal.SIGTERM)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if self._requested:
@@ -102,6 +130,7 @@ class GracefulStop(L.Callback):
         stopped_training = isinstance(exception, StopRequested | SIGTERMException) and bool(self._previous)
         if isinstance(exception, SIGTERMException):
             self.signum = signal.SIGTERM
+        self._evaluation.close()
         self._restore_handlers()
         if stopped_training:
             self._save_last(trainer)

@@ -143,6 +143,12 @@ class EvaluationDataset(IterableDataset):
         self.masks = masks
         self.max_steps = max_steps
 
+    def __len__(self) -> int:
+        """One batch, sized: Lightning then draws it in the evaluation loop, after ``on_validation_start``
+        or ``on_test_start`` (``callbacks.GracefulStop`` sets its signal handlers there); unsized, it
+        would be prefetched before those hooks, and every episode played first."""
+        return 1
+
     def __iter__(self) -> Iterator[Tensor]:
         n = self.envs.num_envs
         returns = [
@@ -263,7 +269,7 @@ class GymDataModule(L.LightningDataModule):
         self._resume_state: dict[str, Any] | None = None
         self._beta_max_steps = 0  # updates over which β reaches 1 (_beta_schedule)
         self._eval_envs: dict[str, gym.vector.VectorEnv] = {}
-        self._fit_warnings = contextlib.ExitStack()  # the warning filters of a fit in progress (setup)
+        self._stage_warnings = contextlib.ExitStack()  # the warning filters of a stage in progress (setup)
 
     @property
     def obs_dim(self) -> int:
@@ -451,17 +457,16 @@ class GymDataModule(L.LightningDataModule):
             dataset.batches = 0
 
     def setup(self, stage: str) -> None:
-        """For the length of a fit, silence two Lightning warnings that do not apply to the replay
-        stream: it restores its position through ``state_dict`` below, not the DataLoader's, and it
-        never runs in worker processes, where a sized ``IterableDataset`` could repeat data."""
-        if stage == "fit":
-            self._fit_warnings.enter_context(warnings.catch_warnings())  # restored in teardown
-            warnings.filterwarnings("ignore", "You're resuming from a checkpoint that ended before the epoch ended")
-            warnings.filterwarnings("ignore", "Your `IterableDataset` has `__len__` defined")
+        """For the length of a stage, silence two Lightning warnings that do not apply to the replay
+        stream or the evaluation datasets: the stream restores its position through ``state_dict``
+        below, not the DataLoader's, and neither runs in worker processes, where a sized
+        ``IterableDataset`` could repeat data."""
+        self._stage_warnings.enter_context(warnings.catch_warnings())  # restored in teardown
+        warnings.filterwarnings("ignore", "You're resuming from a checkpoint that ended before the epoch ended")
+        warnings.filterwarnings("ignore", "Your `IterableDataset` has `__len__` defined")
 
     def teardown(self, stage: str) -> None:
-        if stage == "fit":
-            self._fit_warnings.close()
+        self._stage_warnings.close()
         for envs in self._eval_envs.values():
             envs.close()
         self._eval_envs.clear()

@@ -361,6 +361,64 @@ def test_a_sigterm_that_lightning_catches_still_stops_with_143_and_last_ckpt(
     assert saved["global_step"] == step
 
 
+class SigtermAtEvaluationStart(L.Callback):
+    """SIGTERM as a ``validate`` or ``test`` run starts evaluating, before ``GracefulStop``'s hook (it
+    comes after the config's callbacks): Lightning's handler gets it."""
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.parametrize("when", ["during", "at_start"])
+@pytest.mark.parametrize(
+    ("subcommand", "signum"), [("validate", signal.SIGTERM), ("test", signal.SIGINT)], ids=["validate", "test"]
+)
+def test_a_signal_ends_validate_and_test_at_the_next_env_step(
+    subcommand: str, signum: int, when: str, fit_run, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """Outside a fit, Lightning's SIGTERM handler let all the episodes play and then exited 0, as if
+    nothing had been asked (Ctrl-C: status 1). Now the evaluation ends at its next env step: 128 + N,
+    no scores, the handlers as they were."""
+    import lit_dqn.data
+
+    steps: list[int] = []
+    evaluate = lit_dqn.data.evaluate
+
+    def signalled(envs, *args, **kwargs):  # the signal lands while the first round of episodes plays
+        step = envs.step
+
+        def counted(actions):
+            if not steps and when == "during":
+                os.kill(os.getpid(), signum)
+            steps.append(1)
+            return step(actions)
+
+        envs.step = counted
+        try:
+            return evaluate(envs, *args, **kwargs)
+        finally:
+            envs.step = step
+
+    monkeypatch.setattr(lit_dqn.data, "evaluate", signalled)
+    if when == "at_start":
+        signum = signal.SIGTERM
+    ckpt = fit_run.run_dir / "checkpoints/last.ckpt"
+    argv = [subcommand, "--config", str(CONFIG), f"--ckpt_path={ckpt}", "--trainer.accelerator=cpu"]
+    argv += ["--data.eval_episodes=1000"]  # many seconds of CartPole, had the signal been held
+    if when == "at_start":
+        argv.append("--trainer.callbacks+=tests.test_resume.SigtermAtEvaluationStart")
+    before = {n: signal.getsignal(n) for n in (signal.SIGINT, signal.SIGTERM)}
+    result = run_main(argv, tmp_path, monkeypatch, capsys)
+    assert result.returncode == 128 + signum, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == f"lit_dqn: stopped by {signal.Signals(signum).name}"
+    assert "return_mean" not in result.stdout
+    assert len(steps) == (1 if when == "during" else 0)  # the step that took the signal, then none
+    assert {n: signal.getsignal(n) for n in before} == before
+
+
 def test_kill_9_never_leaves_a_broken_latest_checkpoint(tmp_path: Path) -> None:
     # validation (and with it a checkpoint) every 20 updates: the kill is likely to land near a write
     process = start_fit(tmp_path, "--trainer.max_steps=1000000", "--trainer.val_check_interval=20")
