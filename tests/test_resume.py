@@ -187,6 +187,25 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint(
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_one_infinite_loss_between_checks_stops_the_run(tmp_path: Path, monkeypatch) -> None:
+    """An infinite loss at update 250 alone, with finite gradients (the weights stay finite and the
+    losses after it too): only a check that sees every update's loss can catch it, at 299."""
+    import lit_dqn.module
+
+    td_loss, calls = lit_dqn.module.td_loss, []
+
+    def once_infinite(*args, **kwargs):
+        calls.append(1)
+        loss = td_loss(*args, **kwargs)
+        return loss + float("inf") if len(calls) == 251 else loss  # d(loss + c)/d(loss) = 1: the update is unchanged
+
+    monkeypatch.setattr(lit_dqn.module, "td_loss", once_infinite)
+    cli, _ = make_cli(tmp_path, "--trainer.max_steps=400", "--trainer.val_check_interval=1000")
+    with pytest.raises(NonFiniteLossError, match="the TD loss became NaN or infinite at a step between 200 and 299:"):
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert all(torch.isfinite(p).all() for p in cli.model.parameters())
+
+
 def test_atomic_save_keeps_the_previous_checkpoint_when_writing_fails(tmp_path: Path, monkeypatch) -> None:
     io = AtomicCheckpointIO()
     path = tmp_path / "last.ckpt"
