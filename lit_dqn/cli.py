@@ -126,6 +126,7 @@ class DQNCLI(LightningCLI):
         except (ValueError, MisconfigurationException) as error:  # e.g. an accelerator this machine lacks
             raise ConfigError(f"trainer: {str(error).strip().splitlines()[0]}") from None
         _check_writable(Path(trainer.default_root_dir))
+        _check_evaluation_limits(trainer)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # keep a plugin the user chose
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         if EpisodeStatistics.of(trainer) is None:  # the episode curves, means and progress-bar figures
@@ -248,6 +249,18 @@ def tune(args: list[str]) -> int:
         print(f'lit_dqn tune: error: tune needs Optuna ({error}): pip install "lit-dqn[tune]"', file=sys.stderr)
         return 2
     return tune_main(args)
+
+
+def _check_evaluation_limits(trainer: Trainer) -> None:
+    """An evaluation is one batch (the returns of ``data.eval_episodes`` episodes), so a fraction of
+    it is none: Lightning would fail with a traceback when the evaluation first starts."""
+    for key in ("limit_val_batches", "limit_test_batches"):
+        value = getattr(trainer, key)
+        if isinstance(value, float) and 0.0 < value < 1.0:
+            raise ConfigError(
+                f"trainer.{key}={value:g} is not allowed: an evaluation is one batch of data.eval_episodes "
+                "episodes; use 0 (none), 1.0 or an int (all of it), and data.eval_episodes for fewer episodes"
+            )
 
 
 def main(args: list[str] | None = None) -> int:

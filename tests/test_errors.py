@@ -57,6 +57,8 @@ BAD_INPUTS = [
     (["--data.priority_alpha=1.5"], ["data.priority_alpha=1.5", "[0, 1]"]),
     (["--data.priority_beta=-0.1"], ["data.priority_beta=-0.1", "[0, 1]"]),
     (["--data.priority_eps=0"], ["data.priority_eps=0", "> 0"]),
+    (["--trainer.limit_val_batches=0.5"], ["trainer.limit_val_batches=0.5", "one batch", "data.eval_episodes"]),
+    (["--trainer.limit_test_batches=0.25"], ["trainer.limit_test_batches=0.25", "use 0 (none), 1.0 or an int"]),
 ]
 
 
