@@ -305,7 +305,16 @@ def solve_table(args: argparse.Namespace) -> None:
     jobs = [(args.config, seed, args.threshold, args.device, args.extra, threads) for seed in args.seeds]
     # a fresh process per seed (maxtasksperchild=1), so no seed inherits another's memory or state
     with mp.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
-        rows = pool.map(solve_seed, jobs, chunksize=1)
+        rows = []
+        for r in pool.imap(solve_seed, jobs, chunksize=1):  # in seed order; each said as it is known,
+            rows.append(r)  # so a long study stopped half-way keeps the seeds it finished
+            print(
+                f"seed {r['seed']}: solved {'yes' if r['solved'] else 'no'}, test mean {r['test_mean']:.1f}, "
+                f"best val {r['best_val']:.1f}, env steps to solve {_fmt(r['solve_env_steps'], 'd')}, "
+                f"fit {r['fit_s']:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
         pool.close()  # let the workers exit before the pool is torn down: no leaked semaphore at exit
         pool.join()
     print(

@@ -10,18 +10,26 @@ import pytest
 from .conftest import ROOT
 
 
-def run_script(*args: str) -> str:
+def run_script_result(*args: str) -> subprocess.CompletedProcess:
     result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
+    return result
+
+
+def run_script(*args: str) -> str:
+    return run_script_result(*args).stdout
 
 
 def test_benchmark_prints_throughput_with_paired_floors_and_a_solve_table() -> None:
-    out = run_script(
+    result = run_script_result(
         "benchmarks/benchmark.py", "--steps", "60", "--warmup", "20", "--block", "20", "--rounds", "1",
         "--seeds", "0", "--", "--trainer.max_steps=300", "--trainer.val_check_interval=15",
         "--data.warmup_steps=256", "--data.eval_episodes=5",
     )  # fmt: skip
+    out = result.stdout
+    # each seed is said as soon as it is done, before the table: a stopped study keeps its seeds
+    said = re.search(r"^seed 0: solved (yes|no), test mean -?[\d.]+, best val", result.stderr, re.M)
+    assert said is not None, result.stderr[-2000:]
     floors = ("floor: update alone", "floor: env + acting + push alone", "floor: Lightning loop")
     for row in ("lit_dqn", "tutorial (reference)", *floors, "plain loop (env step + update)"):
         assert row in out, out
