@@ -280,13 +280,16 @@ def soft_update(target: Sequence[Tensor], source: Sequence[Tensor], tau: float) 
         torch._foreach_lerp_(target, source, tau)
 
 
+@torch.no_grad()
 def greedy_actions(
     q_net: nn.Module, obs: np.ndarray, mask: np.ndarray | None = None, device: torch.device | None = None
 ) -> np.ndarray:
     """argmax_a Q(s, a) ``[N]`` for observations ``[N, *obs_shape]`` from the env, over the valid
     actions ``mask`` ``[N, n_actions]`` if given: training, evaluation, videos and ``record`` all
     act through it. Frames stay uint8 or bool, as replay stores them, and the network makes them
-    float; ``device`` is the network's."""
+    float; ``device`` is the network's. No autograd graph: the replay stream acts where gradients
+    are on (Lightning draws the batch outside ``training_step``), and recording one cost a quarter
+    of a small net's forward pass."""
     obs_t = torch.as_tensor(obs, device=device)
     if obs_t.dtype not in (torch.uint8, torch.bool):
         obs_t = obs_t.float()
