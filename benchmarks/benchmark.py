@@ -39,6 +39,7 @@ import argparse
 import multiprocessing as mp
 import os
 import resource
+import signal
 import statistics
 import sys
 import tempfile
@@ -342,7 +343,22 @@ def solve_table(args: argparse.Namespace) -> None:
     )
 
 
+def end_workers_on_sigterm() -> None:
+    """Make SIGTERM (``kill``, a job scheduler's stop) end this script as Ctrl-C does, by an exception,
+    so that each ``with Pool`` block terminates its workers on the way out. By default SIGTERM ends
+    the parent at once and its spawned workers train on, orphaned: only Ctrl-C reaches them, as the
+    terminal signals the whole process group."""
+
+    def stop(signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        print(f"{Path(sys.argv[0]).name}: stopped by {name}; ending its workers", file=sys.stderr)
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def main() -> None:
+    end_workers_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"])
     parser.add_argument("--steps", type=int, default=3000, help="timed updates per throughput run")

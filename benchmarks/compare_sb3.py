@@ -285,6 +285,7 @@ def _env_config(text: str) -> tuple[str, str]:
 
 
 def main() -> None:
+    benchmark.end_workers_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", nargs="+", default=list(ENVS), choices=list(ENVS))
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(5)))

@@ -1,8 +1,13 @@
 """The benchmark scripts stay runnable: a tiny run of each prints its table."""
 
+import contextlib
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -45,6 +50,40 @@ def test_benchmark_prints_throughput_with_paired_floors_and_a_solve_table() -> N
     # after the 20 of warm-up: 14 blocks of 20, each paired with its floors
     paired = re.search(r"lit_dqn / the three floors: ([\d.]+)x .*per round: ([\d.]+) \((\d+) blocks", out)
     assert paired is not None and paired.group(3) == "14" and float(paired.group(1)) > 0, out
+
+
+def _children(pid: int) -> set[int]:
+    return {int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads child processes from /proc (Linux)")
+def test_sigterm_to_the_benchmark_ends_its_seed_workers() -> None:
+    """A SIGTERM to the script (a scheduler's stop) must not leave its spawned seed worker training
+    on, orphaned, as it did when the signal ended the parent at once."""
+    script = [sys.executable, "benchmarks/benchmark.py", "--skip-throughput", "--seeds", "0", "--",
+              "--trainer.max_steps=1000000", "--trainer.val_check_interval=1000000"]  # fmt: skip
+    parent = subprocess.Popen(script, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    workers: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while len(workers) < 2 and time.monotonic() < deadline:  # the seed's worker and the resource tracker
+            time.sleep(0.5)
+            workers = _children(parent.pid)
+        assert len(workers) >= 2, "the seed worker never started"
+        time.sleep(5)  # into its fit
+        parent.send_signal(signal.SIGTERM)
+        _, err = parent.communicate(timeout=60)
+        assert parent.returncode == 143, err[-2000:]
+        assert "benchmark.py: stopped by SIGTERM; ending its workers" in err
+        deadline = time.monotonic() + 30
+        while (alive := {pid for pid in workers if Path(f"/proc/{pid}").exists()}) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not alive, f"worker(s) {sorted(alive)} outlived the script"
+    finally:
+        parent.kill()
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_paired_blocks_exclude_the_floors_time_and_count_every_block(monkeypatch) -> None:
