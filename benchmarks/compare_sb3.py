@@ -206,9 +206,17 @@ def sb3_seed(job: tuple[str, str, int, float, int | None, int, int, int]) -> dic
     }
 
 
-def _run(task: tuple[str, tuple]) -> dict:
-    agent, job = task
-    return {"agent": agent, **(benchmark.solve_seed(job) if agent == LIT else sb3_seed(job))}
+def _run(numbered: tuple[int, tuple[str, tuple]]) -> tuple[int, dict]:
+    index, (agent, job) = numbered
+    return index, {"agent": agent, **(benchmark.solve_seed(job) if agent == LIT else sb3_seed(job))}
+
+
+def _row(env_id: str, r: dict) -> str:
+    return (
+        f"{env_id:<15} {r['agent']:<11} {r['seed']:>4} {'yes' if r['solved'] else 'no':>6} {r['test_mean']:>9.1f} "
+        f"{_fmt(r['solve_env_steps'], 'd'):>11} {_fmt(r['env_steps'], 'd'):>9} {_fmt(r['solve_s'], '.1f'):>7} "
+        f"{r['fit_s']:>7.1f} {r['peak_rss_mib']:>7.0f}"
+    )
 
 
 def lit_test_episodes(env_id: str, config: str, extra: list[str]) -> tuple[int, int]:
@@ -234,7 +242,11 @@ def compare_env(env_id: str, config: str, threshold: float, args: argparse.Names
             tasks.append((SB3_AGENTS[algo][0], sb3_job))
     # a fresh process per run (maxtasksperchild=1), so no run inherits another's memory or state
     with mp.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
-        rows = pool.map(_run, tasks, chunksize=1)
+        done: dict[int, dict] = {}
+        for index, r in pool.imap_unordered(_run, enumerate(tasks), chunksize=1):
+            done[index] = r  # each run said as soon as it ends: a comparison stopped half-way keeps it
+            print(_row(env_id, r), file=sys.stderr, flush=True)
+        rows = [done[index] for index in range(len(tasks))]
         pool.close()  # let the workers exit before the pool is torn down: no leaked semaphore at exit
         pool.join()
 
@@ -253,11 +265,7 @@ def compare_env(env_id: str, config: str, threshold: float, args: argparse.Names
         f"{'env steps':>9} {'solve s':>7} {'wall s':>7} {'RSS MiB':>7}"
     )
     for r in rows:
-        print(
-            f"{env_id:<15} {r['agent']:<11} {r['seed']:>4} {'yes' if r['solved'] else 'no':>6} {r['test_mean']:>9.1f} "
-            f"{_fmt(r['solve_env_steps'], 'd'):>11} {_fmt(r['env_steps'], 'd'):>9} {_fmt(r['solve_s'], '.1f'):>7} "
-            f"{r['fit_s']:>7.1f} {r['peak_rss_mib']:>7.0f}"
-        )
+        print(_row(env_id, r))
     for agent in (LIT, *(SB3_AGENTS[algo][0] for algo in args.sb3_algo)):
         mine = [r for r in rows if r["agent"] == agent]
         solved = sum(r["solved"] for r in mine)

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from .test_benchmarks import run_script
+from .test_benchmarks import run_script_result
 
 AGENTS = r"(lit_dqn|sb3 rl-zoo3|sb3 QR-DQN)"
 ROW = re.compile(rf"^CartPole-v1\s+{AGENTS}\s+0\s+(yes|no)\s+(-?\d+\.\d)\s", re.MULTILINE)
@@ -14,12 +14,15 @@ SUMMARY = re.compile(rf"^{AGENTS}: solved (\d)/1, median wall ([\d.]+) s, median
 def test_compare_sb3_prints_every_agent_on_the_same_seed() -> None:
     pytest.importorskip("stable_baselines3")
     pytest.importorskip("sb3_contrib")
-    out = run_script(
+    result = run_script_result(
         "benchmarks/compare_sb3.py", "--env", "CartPole-v1", "--seeds", "0", "--sb3-steps", "2000", "--threads", "1",
         "--sb3-algo", "dqn", "qrdqn",
         "--", "--trainer.max_steps=300", "--trainer.val_check_interval=15", "--data.warmup_steps=300",
         "--data.eval_episodes=10",
     )  # fmt: skip
+    out = result.stdout
+    # each run is said on stderr as soon as it ends, before the table: a stopped comparison keeps it
+    assert {agent for agent, _, _ in ROW.findall(result.stderr)} == {"lit_dqn", "sb3 rl-zoo3", "sb3 QR-DQN"}
     assert out.startswith("$ python benchmarks/compare_sb3.py --env CartPole-v1") and "stable-baselines3" in out
     rows = {agent: float(mean) for agent, _, mean in ROW.findall(out)}
     assert set(rows) == {"lit_dqn", "sb3 rl-zoo3", "sb3 QR-DQN"}, out
