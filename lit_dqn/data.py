@@ -465,6 +465,14 @@ class GymDataModule(L.LightningDataModule):
         warnings.filterwarnings("ignore", "You're resuming from a checkpoint that ended before the epoch ended")
         warnings.filterwarnings("ignore", "Your `IterableDataset` has `__len__` defined")
 
+    def on_exception(self, exception: BaseException) -> None:
+        """A stage that ends by an exception (a non-finite loss, a stop during warm-up, a callback's
+        error) gets no ``teardown`` from Lightning, so do its work here, after the callbacks' own
+        ``on_exception`` (a stop's ``last.ckpt`` saves this module's state first). Otherwise the
+        warning filters would outlive the stage, the envs stay open, and a later ``fit`` with this
+        data module would carry on the old replay stream, acting with the old run's model."""
+        self.teardown(self.trainer.state.fn.value)
+
     def teardown(self, stage: str) -> None:
         self._stage_warnings.close()
         for envs in self._eval_envs.values():

@@ -251,3 +251,34 @@ def test_each_batch_is_collected_with_the_latest_weights(tmp_path) -> None:
     trainer.fit(DQN(obs_dim=4, n_actions=2), datamodule=data)
     assert check.updates_seen == [0] * 20  # batch k was drawn just before update k, none ahead
     assert trainer.global_step == 20 == trainer.fit_loop.epoch_loop.batch_progress.total.completed
+
+
+def test_a_fit_ended_by_an_exception_leaves_no_stream_filters_or_envs_behind(tmp_path) -> None:
+    """Lightning skips ``teardown`` when a stage raises; the data module still closes its envs,
+    restores the warning filters, and a later fit starts a fresh replay stream acting with its own
+    model, so it learns exactly what the same fit with a new data module learns."""
+    import warnings
+
+    import lightning as L
+
+    class FailAt(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if trainer.global_step == 10:
+                raise RuntimeError("a callback failed")
+
+    def fit(data: GymDataModule, steps: int, callbacks: list) -> dict:
+        L.seed_everything(0, verbose=False)
+        model = DQN(obs_dim=4, n_actions=2)
+        trainer = quick_trainer(tmp_path, steps, enable_checkpointing=False, limit_val_batches=0, callbacks=callbacks)
+        trainer.fit(model, datamodule=data)
+        return {k: v.clone() for k, v in model.state_dict().items()}
+
+    before = list(warnings.filters)
+    data = GymDataModule(batch_size=8, warmup_steps=16, eval_episodes=2, seed=0)
+    with pytest.raises(RuntimeError, match="a callback failed"):
+        fit(data, 30, [FailAt()])
+    assert warnings.filters == before
+    assert data.runner is None and data.dataset is None
+    again = fit(data, 20, [])
+    fresh = fit(GymDataModule(batch_size=8, warmup_steps=16, eval_episodes=2, seed=0), 20, [])
+    assert all(torch.equal(again[k], fresh[k]) for k in fresh)
