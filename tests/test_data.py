@@ -262,8 +262,12 @@ def test_a_fit_ended_by_an_exception_leaves_no_stream_filters_or_envs_behind(tmp
     import lightning as L
 
     class FailAt(L.Callback):
+        def __init__(self) -> None:
+            self.envs: list = []  # the training envs of the failing fit
+
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             if trainer.global_step == 10:
+                self.envs.append(trainer.datamodule.runner.envs)
                 raise RuntimeError("a callback failed")
 
     def fit(data: GymDataModule, steps: int, callbacks: list) -> dict:
@@ -275,9 +279,11 @@ def test_a_fit_ended_by_an_exception_leaves_no_stream_filters_or_envs_behind(tmp
 
     before = list(warnings.filters)
     data = GymDataModule(batch_size=8, warmup_steps=16, eval_episodes=2, seed=0)
+    fail = FailAt()
     with pytest.raises(RuntimeError, match="a callback failed"):
-        fit(data, 30, [FailAt()])
+        fit(data, 30, [fail])
     assert warnings.filters == before
+    assert len(fail.envs) == 1 and fail.envs[0].closed
     assert data.runner is None and data.dataset is None
     again = fit(data, 20, [])
     fresh = fit(GymDataModule(batch_size=8, warmup_steps=16, eval_episodes=2, seed=0), 20, [])
