@@ -8,6 +8,8 @@ hyperparameters, seed by seed.
     python benchmarks/compare_sb3.py --env CartPole-v1 --seeds 0 --sb3-steps 2000 --threads 1   # quick check
     python benchmarks/compare_sb3.py --env LunarLander-v3 --sb3-algo dqn qrdqn \
         --config LunarLander-v3=configs/lunarlander_rainbow.yaml                  # beside both SB3 agents
+    python benchmarks/compare_sb3.py --env LunarLander-v3 --sb3-algo qrdqn --seeds 1 2 --skip-lit \
+        --config LunarLander-v3=configs/lunarlander_rainbow.yaml                  # SB3's runs only
 
 Needs stable-baselines3 and sb3-contrib (``pip install -e '.[bench]'``); rl-zoo3 itself is not
 needed, its hyperparameters are copied below.
@@ -236,7 +238,8 @@ def compare_env(env_id: str, config: str, threshold: float, args: argparse.Names
     test_episodes, test_seed = lit_test_episodes(env_id, config, args.extra)
     tasks: list[tuple[str, tuple]] = []
     for seed in args.seeds:
-        tasks.append((LIT, (config, seed, threshold, "cpu", args.extra, threads)))
+        if not args.skip_lit:
+            tasks.append((LIT, (config, seed, threshold, "cpu", args.extra, threads)))
         for algo in args.sb3_algo:
             sb3_job = (algo, env_id, seed, threshold, args.sb3_steps, test_episodes, test_seed, threads)
             tasks.append((SB3_AGENTS[algo][0], sb3_job))
@@ -254,7 +257,9 @@ def compare_env(env_id: str, config: str, threshold: float, args: argparse.Names
         f"## {env_id}: solved if the mean of {test_episodes} greedy test episodes (seeds from {test_seed}) "
         f">= {threshold:g}"
     )
-    print(f"{LIT}: {_relative(config)} {shlex.join(args.extra)}".rstrip())
+    lit = () if args.skip_lit else (LIT,)
+    skipped = "" if lit else " (not run: --skip-lit)"
+    print(f"{LIT}: {_relative(config)} {shlex.join(args.extra)}".rstrip() + skipped)
     for algo in args.sb3_algo:
         label, table = SB3_AGENTS[algo]
         budget = table[env_id]["n_timesteps"] if args.sb3_steps is None else args.sb3_steps
@@ -266,7 +271,7 @@ def compare_env(env_id: str, config: str, threshold: float, args: argparse.Names
     )
     for r in rows:
         print(_row(env_id, r))
-    for agent in (LIT, *(SB3_AGENTS[algo][0] for algo in args.sb3_algo)):
+    for agent in (*lit, *(SB3_AGENTS[algo][0] for algo in args.sb3_algo)):
         mine = [r for r in rows if r["agent"] == agent]
         solved = sum(r["solved"] for r in mine)
         wall = statistics.median(r["fit_s"] for r in mine)
@@ -301,6 +306,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads per run (default: the CPU's threads / --jobs)")
     parser.add_argument(
         "--sb3-algo", nargs="+", default=["dqn"], choices=list(SB3_AGENTS), help="SB3's agents: DQN, QR-DQN"
+    )
+    parser.add_argument(
+        "--skip-lit",
+        action="store_true",
+        help="run only the SB3 agents (on lit_dqn's test episodes), e.g. to finish a comparison stopped part-way",
     )
     parser.add_argument("--sb3-steps", type=int, help="SB3's env steps instead of rl-zoo3's budget (quick tests)")
     parser.add_argument(

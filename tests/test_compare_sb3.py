@@ -34,3 +34,18 @@ def test_compare_sb3_prints_every_agent_on_the_same_seed() -> None:
     assert summaries["lit_dqn"][2] >= 300  # warm-up plus one env step per update
     # both are tested on the same held-out episodes: lit_dqn's data.eval_episodes from its test seed
     assert "mean of 10 greedy test episodes (seeds from 2000000)" in out
+
+
+def test_skip_lit_runs_only_the_sb3_agents_on_lit_dqns_test_episodes() -> None:
+    """``--skip-lit`` finishes a comparison whose lit_dqn runs are done: SB3's rows only, still scored on
+    the test episodes the lit_dqn config names."""
+    pytest.importorskip("stable_baselines3")
+    result = run_script_result(
+        "benchmarks/compare_sb3.py", "--env", "CartPole-v1", "--seeds", "0", "--sb3-steps", "1000", "--threads", "1",
+        "--skip-lit", "--", "--data.eval_episodes=5", "--data.test_seed=123",
+    )  # fmt: skip
+    out = result.stdout
+    assert {agent for agent, _, _ in ROW.findall(out)} == {"sb3 rl-zoo3"}, out
+    assert [agent for agent, *_ in SUMMARY.findall(out)] == ["sb3 rl-zoo3"], out
+    assert "(not run: --skip-lit)" in out
+    assert "mean of 5 greedy test episodes (seeds from 123)" in out
