@@ -188,3 +188,46 @@ def test_fingerprint_tells_the_same_learning_from_a_different_one(monkeypatch) -
     assert other["losses"] != first["losses"] and other["weights"] != first["weights"]
     quantiles = fingerprint.fingerprint(config, [*short, "--model.distributional=qr_dqn"])  # its loss is not td_loss
     assert quantiles["updates"] == 40 and quantiles["losses"] != first["losses"]
+
+
+def test_curves_map_each_validation_to_the_env_steps_of_its_run(fit_run, monkeypatch, tmp_path, capsys) -> None:
+    """benchmarks/curves.py on a real fit's events: validations at 300 and 600 updates of the default
+    config (one env step per update after 300 of warm-up) sit at 600 and 900 env steps, with the
+    returns TensorBoard holds; the table and the PNG come out."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import curves
+
+    curve = curves.read_curve(fit_run.run_dir, "seed 0")
+    assert curve.updates.tolist() == [300, 600]
+    assert curve.env_steps.tolist() == [600, 900]
+    events = EventAccumulator(str(fit_run.run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    assert curve.returns.tolist() == [e.value for e in events.Scalars("val/return_mean")]
+    out = tmp_path / "curves.png"
+    curves.main([str(fit_run.run_dir), str(fit_run.run_dir), "--labels", "a", "b", "--goal", "475", "--out", str(out)])
+    table = capsys.readouterr().out.splitlines()
+    assert table[0] == "| env steps | a | b |"
+    assert table[2] == f"| 600 | {curve.returns[0]:.1f} | {curve.returns[0]:.1f} |"
+    assert out.stat().st_size > 0
+
+
+def test_curves_refuse_a_validation_whose_env_steps_were_never_logged(tmp_path, monkeypatch, capsys) -> None:
+    """A validation after the last env-step count would get a guessed x (np.interp holds the last
+    value): one line, exit 2. So does a directory that holds no fit."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import curves
+
+    with SummaryWriter(tmp_path / "run") as writer:
+        for step in (50, 100):
+            writer.add_scalar("train/env_steps", 1000 + step, step)
+        writer.add_scalar("val/return_mean", 3.0, 100)
+        writer.add_scalar("val/return_mean", 4.0, 150)
+    for run, message in ((tmp_path / "run", "validation at update 150"), (tmp_path, "no train/env_steps")):
+        with pytest.raises(SystemExit) as stop:
+            curves.main([str(run), "--out", str(tmp_path / "c.png")])
+        assert stop.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "c.png").exists()
