@@ -61,7 +61,7 @@ def read_curve(run_dir: Path, label: str) -> Curve:
 
 def markdown_table(curves: list[Curve]) -> str:
     """One row per env-step count any run validated at, one column per run (``—`` where it did not)."""
-    rows = sorted({int(round(x)) for curve in curves for x in curve.env_steps})
+    rows = sorted({round(float(x)) for curve in curves for x in curve.env_steps})
     lines = ["| env steps | " + " | ".join(c.label for c in curves) + " |", "|---" * (len(curves) + 1) + "|"]
     for row in rows:
         cells = []
