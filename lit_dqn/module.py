@@ -201,6 +201,7 @@ class DQN(L.LightningModule):
         self._noise_seed = int(torch.randint(2**62, ())) if noisy else 0
         self._noise: torch.Generator | None = None  # on the model's device, from on_train_start
         self._noise_state: Tensor | None = None  # a checkpoint's generator state, applied in on_train_start
+        self._acting_noise_state: Tensor | None = None  # a DDP checkpoint's acting noise per rank, likewise
         self._eps_span = math.inf  # env steps the linear ε schedule spans, from trainer.max_steps (setup)
         self._schedule_max_steps: int | None = None  # the trainer.max_steps the run started with (setup)
         self._soft_update_pairs: tuple[list[Tensor], list[Tensor]] = ([], [])  # (target, online), see on_train_start
@@ -408,9 +409,17 @@ class DQN(L.LightningModule):
         if self._noisy_layers:  # each rank draws its own noise
             self._noise = torch.Generator(device=self.device).manual_seed(self._noise_seed + world()[0])
             if self._noise_state is not None:
-                state = self._noise_state
-                self._noise.set_state(state[world()[0]] if state.dim() == 2 else state)
+                state = self._noise_state  # [S], or [ranks, S] from a DDP run
+                # The rank's row is cloned into a tensor of its own: handed rank 1's row, a view into
+                # the gathered states, Generator.set_state crashed the process (segfault, torch 2.13).
+                self._noise.set_state(state[world()[0]].clone() if state.dim() == 2 else state)
                 self._noise_state = None
+            if self._acting_noise_state is not None:  # DDP: this rank's own, not rank 0's from the weights
+                noise = self._policy_noise()
+                row = self._acting_noise_state[world()[0]].to(self.device)  # [N]
+                for buffer, saved in zip(noise, row.split([b.numel() for b in noise]), strict=True):
+                    buffer.copy_(saved)
+                self._acting_noise_state = None
         for group in self.optimizers(use_pl_optimizer=False).param_groups:
             group["lr"] = self.hparams.lr
 
@@ -491,18 +500,27 @@ class DQN(L.LightningModule):
             self._schedule_max_steps = started  # and the next checkpoint keeps it
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse to save non-finite weights; keep the schedules' pace and the noise generator."""
+        """Refuse to save non-finite weights; keep the schedules' pace, the noise generator and (DDP)
+        each rank's acting noise."""
         self._check_loss_finite()
         checkpoint["schedules"] = {"max_steps": self._schedule_max_steps, "eps_span": self._eps_span}
         if self._noise is not None:  # noisy nets: where each rank's noise stream is, for an exact resume
             state = self._noise.get_state()  # [S] uint8, on the host
             if self._world_size > 1:
                 state = self.all_gather(state.to(self.device)).cpu()  # [ranks, S]
+                # The online net's noise acts until the next update; the weights hold rank 0's only.
+                checkpoint["acting_noise"] = self.all_gather(torch.cat(self._policy_noise())).cpu()  # [ranks, N]
             checkpoint["noise_generator"] = state
 
+    def _policy_noise(self) -> list[Tensor]:
+        """The online net's noise, f(ε_in) and f(ε_out) of each noisy layer: what acts until the next
+        update. Each rank draws its own, so under DDP the checkpoint keeps every rank's."""
+        layers = [m for m in self.policy_net.modules() if isinstance(m, NoisyLinear)]
+        return [b for layer in layers for b in (layer.noise_in, layer.noise_out)]
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the linear ε span the run started with, the noise generator, and the env spec the
-        checkpoint's data module was made with."""
+        """Restore the linear ε span the run started with, the noise generator and (DDP) each rank's
+        acting noise, and the env spec the checkpoint's data module was made with."""
         data = checkpoint.get("datamodule_hyper_parameters")
         if isinstance(data, dict) and "env_id" in data:
             self.env_spec = EnvSpec.from_hparams(data)
@@ -510,3 +528,4 @@ class DQN(L.LightningModule):
         if schedules is not None and self._trainer is not None and self.trainer.state.fn == "fit":
             self._keep_schedules(schedules, prioritized=isinstance(data, dict) and bool(data.get("prioritized")))
         self._noise_state = checkpoint.get("noise_generator")
+        self._acting_noise_state = checkpoint.get("acting_noise")

@@ -60,11 +60,18 @@ gym.register("MaskedCorridor-v0", entry_point=MaskedCorridor, max_episode_steps=
 
 class RankProbe(L.Callback):
     """Per rank, write ``rank{N}.pt``: the losses of the steps this process ran, the final weights,
-    the rank's own counters and the start of its replay buffer."""
+    the rank's own counters and the start of its replay buffer, and (noisy nets) the online net's
+    noise that acted for each batch."""
 
     def __init__(self, out_dir: str) -> None:
         self.out_dir = Path(out_dir)
         self.losses: list[float] = []
+        self.acting_noise: dict[int, torch.Tensor] = {}  # update about to run -> the noise its batch acted with
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        noise = [b for name, b in pl_module.policy_net.named_buffers() if name.endswith(("noise_in", "noise_out"))]
+        if noise:  # the batch was drawn (the env stepped) before this hook, the update's new noise comes after
+            self.acting_noise[trainer.global_step] = torch.cat(noise).clone()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.losses.append(outputs["loss"].item())
@@ -75,6 +82,7 @@ class RankProbe(L.Callback):
         self.out_dir.mkdir(parents=True, exist_ok=True)
         state = {
             "losses": self.losses,
+            "acting_noise": self.acting_noise,
             "state_dict": {k: v.clone() for k, v in pl_module.state_dict().items()},
             "env_steps": runner.env_steps,
             "episodes": runner.episodes,

@@ -203,3 +203,44 @@ def test_action_masks_hold_on_every_rank(tmp_path: Path) -> None:
         assert masks.shape == (WARMUP + 100, 2) and masks[:, 0].all()
         assert 0.3 < masks[:, 1].float().mean() < 0.7  # action 1 valid in about half the states
     assert not torch.equal(run.ranks[0]["next_mask"], run.ranks[1]["next_mask"])  # each rank its own envs
+
+
+RAINBOW = (
+    "--model.distributional=c51",
+    "--model.v_min=0",
+    "--model.v_max=10",
+    "--model.noisy=true",
+    "--model.eps_start=0",  # the noise alone explores: every action depends on the rank's noise
+    "--model.eps_end=0",
+    "--model.dueling=true",
+    "--model.double_dqn=true",
+    "--data.prioritized=true",
+    "--data.n_step=3",
+)
+
+
+def test_rainbow_on_two_processes_keeps_ranks_in_step_and_resumes_exactly(tmp_path: Path) -> None:
+    """C51, noisy nets and the rest of Rainbow's parts under DDP: each rank draws its own noise (its
+    noise buffers and losses differ from the other's), the learned weights stay identical on both,
+    and a 2-process resume after a SIGTERM at update 100 (the checkpoint holds each rank's noise
+    generator and acting noise) matches the run that never stopped, bit for bit."""
+    whole = fit_ddp(tmp_path / "whole", *RAINBOW, "--trainer.max_steps=200")
+    first, second = whole.ranks
+    assert first["losses"] != second["losses"]
+    noise = [key for key in first["state_dict"] if key.endswith(("noise_in", "noise_out"))]
+    assert noise and any(not torch.equal(first["state_dict"][k], second["state_dict"][k]) for k in noise)
+    for key, value in first["state_dict"].items():
+        if key not in noise:  # the learned means and scales, and the atoms
+            assert torch.equal(value, second["state_dict"][key]), key
+    # stopped after update 100 of the same 200 (prioritized replay's β keeps the pace of the budget)
+    signal_at = json.dumps({"class_path": "tests.ddp_env.SignalAt", "init_args": {"step": 99}})
+    stop = f"--trainer.callbacks+={signal_at}"
+    fit_ddp(tmp_path / "first", *RAINBOW, "--trainer.max_steps=200", stop, returncode=143)
+    ckpt = tmp_path / "first" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=True)["noise_generator"].shape[0] == 2  # one state per rank
+    resumed = fit_ddp(tmp_path / "first", *RAINBOW, "--trainer.max_steps=200", f"--ckpt_path={ckpt}")
+    for rank in range(2):  # rank 1's first env steps act with its own noise, not with rank 0's saved buffers
+        assert torch.equal(resumed.ranks[rank]["acting_noise"][100], whole.ranks[rank]["acting_noise"][100])
+        assert resumed.ranks[rank]["losses"] == whole.ranks[rank]["losses"][100:]
+        for key, value in whole.ranks[rank]["state_dict"].items():
+            assert torch.equal(resumed.ranks[rank]["state_dict"][key], value), key
