@@ -166,11 +166,24 @@ def test_without_ale_py_the_atari_configs_name_the_extra() -> None:
     )
 
 
-def test_prioritized_replay_trains_on_the_frame_ring(tmp_path: Path) -> None:
+# Rainbow's other parts on the frame ring: C51 over the clipped rewards' range, noisy nets, dueling,
+# Double DQN and 3-step windows, whose stacks the ring rebuilds across episode starts.
+RAINBOW = (
+    "--model.distributional=c51",
+    "--model.noisy=true",
+    "--model.dueling=true",
+    "--model.double_dqn=true",
+    "--data.n_step=3",
+)
+
+
+@pytest.mark.parametrize("head", [(), RAINBOW], ids=["expected_q", "rainbow"])
+def test_prioritized_replay_trains_on_the_frame_ring(head: tuple[str, ...], tmp_path: Path) -> None:
     skip_without_extra(BREAKOUT)
-    cli, recorder = breakout_cli(tmp_path, "--trainer.max_steps=40", "--data.prioritized=true")
+    cli, recorder = breakout_cli(tmp_path, "--trainer.max_steps=40", "--data.prioritized=true", *head)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert len(recorder.losses) == 40 and all(np.isfinite(recorder.losses))
+    assert (cli.model.policy_net.distribution is not None) == bool(head)
     saved = torch.load(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
     buffer = saved["GymDataModule"]["buffer"]
     tree = buffer["storage"]["weights"]  # the sum-tree: root at 1, leaves from len/2
