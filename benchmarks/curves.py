@@ -9,11 +9,13 @@ how sample efficiency is compared across configs with different update rates (``
 ``data.num_envs``): each validation's update count is mapped to env steps through the run's own
 ``train/env_steps`` series (logged every ``trainer.log_every_n_steps`` updates, the job's total under
 DDP), interpolated between logging steps. The script prints a Markdown table (one row per
-validation, one column per run) and saves the plot to ``--out``; it is how ``docs/minatar_breakout*.png``
-and the learning tables in benchmarks/README.md are made.
+validation, one column per run) and saves the plot to ``--out``, as for the MinAtar Rainbow figure
+and table in docs/ and benchmarks/README.md. A resumed fit logs to a new ``version_N``: give each
+part as its own run.
 """
 
 import argparse
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -31,11 +33,14 @@ class Curve(NamedTuple):
     returns: np.ndarray  # [V] mean greedy return over data.eval_episodes
 
 
-def read_curve(run_dir: Path, label: str) -> Curve:
-    """``run_dir``'s validations (``val/return_mean``) and the env steps at each, from its events.
+def read_curve(run_dir: Path, label: str) -> tuple[Curve, list[int]]:
+    """``run_dir``'s validations (``val/return_mean``) and the env steps at each, from its events, and
+    the updates of the validations left out.
 
-    Raises ``ValueError`` for a directory without validations or env-step scalars, and for a
-    validation after the last logged env-step count: its env steps would be a guess.
+    A validation outside the logged env-step counts is left out: its env steps would be a guess
+    (``np.interp`` holds the end values). That happens to the last validation of a fit that stops
+    between logging steps (``model.max_episodes``, a signal). Raises ``ValueError`` for a directory
+    without validations or env-step scalars, or with no validation inside them.
     """
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     events.Reload()
@@ -49,14 +54,12 @@ def read_curve(run_dir: Path, label: str) -> Curve:
     returns = np.array([e.value for e in validations])  # [V]
     log_steps = np.array([e.step for e in logged])  # [L]
     log_env_steps = np.array([e.value for e in logged])  # [L]
-    late = updates[updates > log_steps.max()]
-    if late.size:
-        raise ValueError(
-            f"{run_dir}: a validation at update {int(late[0])} comes after the last logged env-step count "
-            f"(update {int(log_steps.max())})"
-        )
+    inside = (updates >= log_steps.min()) & (updates <= log_steps.max())  # [V]
+    if not inside.any():
+        raise ValueError(f"{run_dir}: no validation between its first and last logged env-step counts")
+    updates, returns, left_out = updates[inside], returns[inside], updates[~inside].tolist()
     env_steps = np.interp(updates, log_steps, log_env_steps)  # [V]
-    return Curve(label, updates, env_steps, returns)
+    return Curve(label, updates, env_steps, returns), left_out
 
 
 def markdown_table(curves: list[Curve]) -> str:
@@ -91,6 +94,7 @@ def plot_curves(curves: list[Curve], path: Path, title: str, goal: float | None 
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Read every run, print the table, save the plot; a run that cannot be read is one line, exit 2."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="lightning_logs/version_N directories")
     parser.add_argument("--labels", nargs="+", help="one per run (default: each directory's path)")
@@ -101,10 +105,16 @@ def main(argv: list[str] | None = None) -> None:
     labels = args.labels or [str(run) for run in args.runs]
     if len(labels) != len(args.runs):
         parser.error(f"--labels: {len(labels)} given for {len(args.runs)} runs")
-    try:
-        curves = [read_curve(run, label) for run, label in zip(args.runs, labels, strict=True)]
-    except ValueError as error:
-        parser.error(str(error))
+    curves = []
+    for run, label in zip(args.runs, labels, strict=True):
+        try:
+            curve, left_out = read_curve(run, label)
+        except ValueError as error:
+            parser.error(str(error))
+        if left_out:
+            note = f"{label}: left out the validation(s) at update(s) {left_out}: no env-step count logged"
+            print(note, file=sys.stderr)
+        curves.append(curve)
     print(markdown_table(curves))
     plot_curves(curves, args.out, args.title, args.goal)
     print(f"saved {args.out}")

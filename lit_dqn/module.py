@@ -407,19 +407,22 @@ class DQN(L.LightningModule):
         self._loss_sum = torch.zeros((), device=self.device)
         self._updates_checked = self.global_step
         if self._noisy_layers:  # each rank draws its own noise
-            self._noise = torch.Generator(device=self.device).manual_seed(self._noise_seed + world()[0])
-            if self._noise_state is not None:
-                state = self._noise_state  # [S], or [ranks, S] from a DDP run
+            rank, world_size = world()
+            self._noise = torch.Generator(device=self.device).manual_seed(self._noise_seed + rank)
+            state, acting = self._noise_state, self._acting_noise_state  # [S] or [ranks, S]; [ranks, N]
+            self._noise_state = self._acting_noise_state = None
+            # A checkpoint's streams continue only in a job of as many processes (a resume; the data
+            # module refuses any other). Its weights fitted in another job keep the fresh streams.
+            saved_ranks = 1 if state is None or state.dim() == 1 else state.shape[0]
+            if state is not None and saved_ranks == world_size:
                 # The rank's row is cloned into a tensor of its own: handed rank 1's row, a view into
                 # the gathered states, Generator.set_state crashed the process (segfault, torch 2.13).
-                self._noise.set_state(state[world()[0]].clone() if state.dim() == 2 else state)
-                self._noise_state = None
-            if self._acting_noise_state is not None:  # DDP: this rank's own, not rank 0's from the weights
+                self._noise.set_state(state[rank].clone() if state.dim() == 2 else state)
+            if acting is not None and acting.shape[0] == world_size:  # DDP: this rank's, not rank 0's
                 noise = self._policy_noise()
-                row = self._acting_noise_state[world()[0]].to(self.device)  # [N]
+                row = acting[rank].to(self.device)  # [N]
                 for buffer, saved in zip(noise, row.split([b.numel() for b in noise]), strict=True):
                     buffer.copy_(saved)
-                self._acting_noise_state = None
         for group in self.optimizers(use_pl_optimizer=False).param_groups:
             group["lr"] = self.hparams.lr
 

@@ -68,7 +68,7 @@ class RankProbe(L.Callback):
         self.losses: list[float] = []
         self.acting_noise: dict[int, torch.Tensor] = {}  # update about to run -> the noise its batch acted with
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         noise = [b for name, b in pl_module.policy_net.named_buffers() if name.endswith(("noise_in", "noise_out"))]
         if noise:  # the batch was drawn (the env stepped) before this hook, the update's new noise comes after
             self.acting_noise[trainer.global_step] = torch.cat(noise).clone()

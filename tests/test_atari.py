@@ -14,6 +14,7 @@ from gymnasium.wrappers import AtariPreprocessing, ClipReward, FrameStackObserva
 from lit_dqn.atari import EmulatorState, EpisodicLife
 from lit_dqn.checks import ConfigError
 from lit_dqn.envs import EnvSpec
+from lit_dqn.networks import DuelingQNetwork
 from lit_dqn.plots import TrainingPlot
 from lit_dqn.video import GreedyVideo
 
@@ -183,7 +184,11 @@ def test_prioritized_replay_trains_on_the_frame_ring(head: tuple[str, ...], tmp_
     cli, recorder = breakout_cli(tmp_path, "--trainer.max_steps=40", "--data.prioritized=true", *head)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert len(recorder.losses) == 40 and all(np.isfinite(recorder.losses))
-    assert (cli.model.policy_net.distribution is not None) == bool(head)
+    # a smoke test of the learner (ε stays 1 here, so the noise never picks an action): every part took effect
+    model, rainbow = cli.model, bool(head)
+    assert (model.policy_net.distribution is not None) == rainbow == bool(model._noisy_layers)
+    assert isinstance(model.policy_net, DuelingQNetwork) == rainbow
+    assert (cli.datamodule.hparams.n_step == 3) == rainbow and model.hparams.double_dqn == rainbow
     saved = torch.load(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
     buffer = saved["GymDataModule"]["buffer"]
     tree = buffer["storage"]["weights"]  # the sum-tree: root at 1, leaves from len/2

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from .conftest import ROOT
+from .conftest import ROOT, FitRun
 
 
 def run_script_result(*args: str) -> subprocess.CompletedProcess:
@@ -190,7 +190,9 @@ def test_fingerprint_tells_the_same_learning_from_a_different_one(monkeypatch) -
     assert quantiles["updates"] == 40 and quantiles["losses"] != first["losses"]
 
 
-def test_curves_map_each_validation_to_the_env_steps_of_its_run(fit_run, monkeypatch, tmp_path, capsys) -> None:
+def test_curves_map_each_validation_to_the_env_steps_of_its_run(
+    fit_run: FitRun, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """benchmarks/curves.py on a real fit's events: validations at 300 and 600 updates of the default
     config (one env step per update after 300 of warm-up) sit at 600 and 900 env steps, with the
     returns TensorBoard holds; the table and the PNG come out."""
@@ -199,8 +201,8 @@ def test_curves_map_each_validation_to_the_env_steps_of_its_run(fit_run, monkeyp
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import curves
 
-    curve = curves.read_curve(fit_run.run_dir, "seed 0")
-    assert curve.updates.tolist() == [300, 600]
+    curve, left_out = curves.read_curve(fit_run.run_dir, "seed 0")
+    assert curve.updates.tolist() == [300, 600] and left_out == []
     assert curve.env_steps.tolist() == [600, 900]
     events = EventAccumulator(str(fit_run.run_dir), size_guidance={"scalars": 0})
     events.Reload()
@@ -213,9 +215,12 @@ def test_curves_map_each_validation_to_the_env_steps_of_its_run(fit_run, monkeyp
     assert out.stat().st_size > 0
 
 
-def test_curves_refuse_a_validation_whose_env_steps_were_never_logged(tmp_path, monkeypatch, capsys) -> None:
-    """A validation after the last env-step count would get a guessed x (np.interp holds the last
-    value): one line, exit 2. So does a directory that holds no fit."""
+def test_curves_leave_out_validations_whose_env_steps_were_never_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A validation before the first or after the last env-step count (a fit stopped between logging
+    steps) would get a guessed x, since np.interp holds the end values: it is left out, and stderr
+    says so. A run with nothing left, or a directory that holds no fit, is one line, exit 2."""
     from torch.utils.tensorboard import SummaryWriter
 
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
@@ -223,11 +228,21 @@ def test_curves_refuse_a_validation_whose_env_steps_were_never_logged(tmp_path, 
 
     with SummaryWriter(tmp_path / "run") as writer:
         for step in (50, 100):
-            writer.add_scalar("train/env_steps", 1000 + step, step)
-        writer.add_scalar("val/return_mean", 3.0, 100)
-        writer.add_scalar("val/return_mean", 4.0, 150)
-    for run, message in ((tmp_path / "run", "validation at update 150"), (tmp_path, "no train/env_steps")):
+            writer.add_scalar("train/env_steps", 1000 + 2 * step, step)
+        for step, value in ((40, 1.0), (75, 3.0), (100, 4.0), (150, 5.0)):
+            writer.add_scalar("val/return_mean", value, step)
+    curve, left_out = curves.read_curve(tmp_path / "run", "x")
+    assert (curve.updates.tolist(), curve.env_steps.tolist(), curve.returns.tolist()) == (
+        [75, 100], [1150, 1200], [3.0, 4.0]
+    )  # fmt: skip
+    assert left_out == [40, 150]
+    curves.main([str(tmp_path / "run"), "--labels", "x", "--out", str(tmp_path / "c.png")])
+    assert "x: left out the validation(s) at update(s) [40, 150]" in capsys.readouterr().err
+    with SummaryWriter(tmp_path / "late") as writer:
+        writer.add_scalar("train/env_steps", 1100, 50)
+        writer.add_scalar("val/return_mean", 3.0, 60)
+    for run, message in ((tmp_path / "late", "no validation between"), (tmp_path, "no train/env_steps")):
         with pytest.raises(SystemExit) as stop:
-            curves.main([str(run), "--out", str(tmp_path / "c.png")])
+            curves.main([str(run), "--out", str(tmp_path / "d.png")])
         assert stop.value.code == 2 and message in capsys.readouterr().err
-    assert not (tmp_path / "c.png").exists()
+    assert not (tmp_path / "d.png").exists()
