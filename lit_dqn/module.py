@@ -413,8 +413,7 @@ class DQN(L.LightningModule):
             self._noise_state = self._acting_noise_state = None
             # A checkpoint's streams continue only in a job of as many processes (a resume; the data
             # module refuses any other). Its weights fitted in another job keep the fresh streams.
-            saved_ranks = 1 if state is None or state.dim() == 1 else state.shape[0]
-            if state is not None and saved_ranks == world_size:
+            if state is not None and (state.shape[0] if state.dim() == 2 else 1) == world_size:
                 # The rank's row is cloned into a tensor of its own: handed rank 1's row, a view into
                 # the gathered states, Generator.set_state crashed the process (segfault, torch 2.13).
                 self._noise.set_state(state[rank].clone() if state.dim() == 2 else state)
