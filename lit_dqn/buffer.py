@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lit_dqn.sampling import Sampler, UniformSampler
+from lit_dqn.sampling import Sampler, UniformSampler, restore_generator
 
 
 class Transitions(NamedTuple):
@@ -117,8 +117,9 @@ class Replay(ABC):
         """Everything exact resume needs."""
 
     @abstractmethod
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what ``state_dict`` saved."""
+    def load_state_dict(self, state: dict[str, Any]) -> bool:
+        """Restore what ``state_dict`` saved. False where the sampling stream was saved on another kind
+        of device and starts anew from a seed taken from it (``sampling.restore_generator``)."""
 
     @property
     @abstractmethod
@@ -309,7 +310,7 @@ class ReplayBuffer(Replay):
             state["priorities"] = tree.tree[tree.leaves : tree.leaves + self.size].cpu().clone()
         return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> bool:
         """Restore a saved buffer. One saved with another ``n_step`` loads too: links are dropped,
         or missing ones read as "no next step", so old transitions sample as one-step windows. One
         saved with uniform replay loads into a prioritized sampler with every slot at priority 1."""
@@ -327,7 +328,7 @@ class ReplayBuffer(Replay):
                 tensor[: state["size"]] = state["storage"][key][: state["size"]].to(self.device)
         self.end_episodes()
         self.pos, self.size = state["pos"], state["size"]
-        self.generator.set_state(state["generator"])
+        continued = restore_generator(self.generator, state["generator"])
         if self.sampler.tree is not None:
             tree = self.sampler.tree
             leaves = tree.tree[tree.leaves :]
@@ -335,6 +336,7 @@ class ReplayBuffer(Replay):
             leaves[: self.size] = state["priorities"].to(self.device) if "priorities" in state else 1.0
             tree.rebuild()
         self.sampler.load_state_dict(state)
+        return continued
 
 
 def _snapshot(storage: Tensor, size: int) -> Tensor:

@@ -448,9 +448,14 @@ class GymDataModule(L.LightningDataModule):
         self._beta_max_steps = state.get("beta_max_steps", self._beta_max_steps)  # the pace the run started with
         if "buffer" in state:
             try:
-                self.buffer.load_state_dict(state["buffer"])
+                continued = self.buffer.load_state_dict(state["buffer"])
             except ValueError as error:
                 raise ConfigError(f"the checkpoint's {error}") from None
+            if not continued:
+                rank_zero_info(
+                    f"Resuming on {self.buffer.device.type}: the replay sampling stream was saved on another kind "
+                    "of device, so it starts anew from a seed taken from it (the run goes on, not bit for bit)"
+                )
             dataset.batches = state["batches"]
         else:  # no saved buffer: refill it, warm-up included, before the next update
             dataset.warmup_steps += self.runner.env_steps

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from lit_dqn.buffer import Replay
-from lit_dqn.sampling import Sampler
+from lit_dqn.sampling import Sampler, restore_generator
 
 
 class FrameReplayBuffer(Replay):
@@ -237,7 +237,7 @@ class FrameReplayBuffer(Replay):
             **self.sampler.state_dict(),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> bool:
         if state.get("stack") != self.stack or state["capacity"] != self.capacity:
             raise ValueError(
                 f"replay buffer holds {state['capacity']} frame slots of {state.get('stack')}-frame stacks; "
@@ -251,6 +251,7 @@ class FrameReplayBuffer(Replay):
         for key, array in self._arrays().items():
             array[:] = state["host"][key].numpy()
         self.written, self.span, self.size = state["written"], state["span"], state["size"]
-        self.generator.set_state(state["generator"])
+        continued = restore_generator(self.generator, state["generator"])
         self.sampler.load_state_dict(state)
         self.end_episodes()
+        return continued

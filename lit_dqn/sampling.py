@@ -8,10 +8,29 @@ its sampler which slots became sampleable or stopped being so; the sampler draws
 (and its importance-sampling weights) from the storage's generator, and keeps the priorities.
 """
 
+import hashlib
 from typing import Any
 
 import torch
 from torch import Tensor
+
+
+def restore_generator(generator: torch.Generator, state: Tensor) -> bool:
+    """Continue the stream a checkpoint saved in ``state`` (``[S]`` uint8); False where it cannot.
+
+    Each device kind has its own generator (the CPU's Mersenne Twister keeps 5,056 bytes of state,
+    CUDA's Philox 16), so a run resumed on another kind of device cannot continue the saved stream.
+    Rather than stop a resume the weights, replay and schedules all support, the generator is then
+    seeded from the saved bytes: the resumed run repeats from one try to the next, though it is not
+    bit for bit the uninterrupted run (another device's arithmetic would not be either).
+    """
+    try:
+        generator.set_state(state)
+        return True
+    except RuntimeError:  # "Expected a CPUGeneratorImplState of size 5056 but found ... 16"
+        digest = hashlib.blake2b(state.cpu().numpy().tobytes(), digest_size=8).digest()
+        generator.manual_seed(int.from_bytes(digest, "little"))
+        return False
 
 
 class SumTree:

@@ -22,6 +22,7 @@ from lit_dqn.rollout import EnvRunner, StopRequested
 
 from . import conftest
 from .conftest import CONFIG, SHORT_FIT, StepRecorder, run_cli, run_main
+from .test_sampling import cuda_generator_state
 from .test_toolbox import PrioritizedCheck
 
 
@@ -130,6 +131,38 @@ def test_resume_with_another_max_steps_keeps_the_schedules(tmp_path: Path, caplo
     )
     again = torch.load(tmp_path / "resumed/lightning_logs/version_0/checkpoints/last.ckpt", weights_only=False)
     assert again["schedules"]["max_steps"] == total and again["GymDataModule"]["beta_max_steps"] == total
+
+
+def test_resume_from_another_device_kind_goes_on_the_same_way_every_time(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A checkpoint saved on CUDA holds its generators' Philox states, which a CPU generator cannot
+    take (it raised mid-restore). The resume goes on with the replay sampler and the noise seeded
+    from the saved states, says so once for each, and repeats exactly from one try to the next."""
+    total, n = 500, 400
+    first, _ = make_cli(tmp_path / "first", f"--trainer.max_steps={total}", *DISTRIBUTIONAL)
+    first.trainer.callbacks.append(StopAt(n))
+    first.trainer.fit(first.model, datamodule=first.datamodule)
+    saved = torch.load(tmp_path / "first/lightning_logs/version_0/checkpoints/last.ckpt", weights_only=False)
+    assert saved["noise_generator"].numel() == saved["GymDataModule"]["buffer"]["generator"].numel() == 5056
+    saved["GymDataModule"]["buffer"]["generator"] = cuda_generator_state(5, 81_920)
+    saved["noise_generator"] = cuda_generator_state(5, 12_288)
+    torch.save(saved, tmp_path / "cuda.ckpt")
+
+    losses = []
+    for name in ("once", "again"):
+        resumed, steps = make_cli(tmp_path / name, f"--trainer.max_steps={total}", *DISTRIBUTIONAL)
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            resumed.trainer.fit(resumed.model, datamodule=resumed.datamodule, ckpt_path=str(tmp_path / "cuda.ckpt"))
+        assert resumed.trainer.global_step == total and len(steps.losses) == total - n
+        notices = [r.getMessage() for r in caplog.records if "saved on another kind of device" in r.getMessage()]
+        assert [notice.split(":")[1].split(" stream")[0] for notice in notices] == [
+            " the replay sampling",
+            " the noisy nets' noise",
+        ]
+        losses.append(steps.losses)
+    assert losses[0] == losses[1]
 
 
 @pytest.mark.parametrize("prioritized", [False, True], ids=["uniform", "prioritized"])

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lit_dqn.buffer import ReplayBuffer
-from lit_dqn.sampling import PrioritizedSampler, SumTree
+from lit_dqn.sampling import PrioritizedSampler, SumTree, restore_generator
 
 from .test_buffer import push_range
 
@@ -101,3 +101,29 @@ def test_a_uniform_buffer_loads_into_a_prioritized_one_at_equal_priority() -> No
     buffer.load_state_dict(uniform.state_dict())
     assert buffer.sampler.tree.get(torch.arange(8)).tolist() == [1.0] * 5 + [0.0] * 3
     assert (buffer.sample(5).indices < 5).all()
+
+
+def cuda_generator_state(seed: int, offset: int) -> torch.Tensor:
+    """What ``torch.Generator("cuda").get_state()`` returns: Philox's seed and offset, 16 bytes."""
+    return torch.tensor([seed, offset], dtype=torch.int64).view(torch.uint8)
+
+
+def test_restore_generator_continues_a_stream_or_reseeds_from_another_device_kind() -> None:
+    """A state of this device kind continues exactly; one of another kind (a CUDA checkpoint resumed
+    on a CPU) cannot be set, so the generator is seeded from its bytes: the same for the same state,
+    different for another."""
+    saved = torch.Generator().manual_seed(3)
+    torch.rand(5, generator=saved)
+    state = saved.get_state()
+    expected = torch.rand(4, generator=saved)
+    restored = torch.Generator()
+    assert restore_generator(restored, state)
+    assert torch.equal(torch.rand(4, generator=restored), expected)
+
+    draws = []
+    for foreign in (cuda_generator_state(3, 20), cuda_generator_state(3, 20), cuda_generator_state(3, 24)):
+        generator = torch.Generator()
+        assert not restore_generator(generator, foreign)
+        draws.append(torch.rand(4, generator=generator))
+    assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
+    assert not torch.equal(draws[0], torch.rand(4, generator=torch.Generator()))  # not the default seed
