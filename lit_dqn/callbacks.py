@@ -26,12 +26,38 @@ class EpisodeProgressBar(TQDMProgressBar):
     time an episode ends.
     """
 
+    _resumed_mid_epoch = False  # set from on_train_start until on_train_epoch_start or the first batch
+
     @property
     def total_train_batches(self) -> int | float:
         """Updates left before ``trainer.max_steps``; the replay stream reports ``sys.maxsize`` batches
         (see ``ReplayDataset.__len__``), so with no step limit the bar is open-ended."""
         total = super().total_train_batches
         return float("inf") if total >= sys.maxsize else total
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Label the bar here too. Lightning labels it and sets its total in ``on_train_epoch_start``,
+        which it skips when a run resumes mid-epoch; the replay stream's one endless epoch makes most
+        resumes mid-epoch, and the bar then read "Training: 220500/?" with a rate counted from 0."""
+        super().on_train_start(trainer, pl_module)
+        self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch}")
+        self._resumed_mid_epoch = True  # until on_train_epoch_start says otherwise
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self._resumed_mid_epoch = False
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """After a mid-epoch resume the bar counts the epoch's batches from ``batch_idx``, the first of
+        this run: its total is that plus the updates left, and rate and time left count from it."""
+        if self._resumed_mid_epoch:
+            self._resumed_mid_epoch = False
+            bar, left = self.train_progress_bar, self.total_train_batches  # left after this batch
+            bar.initial = bar.n = batch_idx
+            bar.total = None if left == float("inf") else batch_idx + 1 + left
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         metrics = super().get_metrics(trainer, pl_module)

@@ -165,6 +165,23 @@ def test_resume_from_another_device_kind_goes_on_the_same_way_every_time(
     assert losses[0] == losses[1]
 
 
+def test_the_progress_bar_of_a_resumed_run_counts_to_max_steps(tmp_path: Path) -> None:
+    """A resume is mid-epoch (the replay stream is one endless epoch), where Lightning skips
+    ``on_train_epoch_start``: the bar still reads "Epoch 0", counts towards ``trainer.max_steps``
+    from the step it resumed at, and times only this run's updates."""
+    first, _ = make_cli(tmp_path / "first", "--trainer.max_steps=600")
+    first.trainer.callbacks.append(StopAt(400))
+    first.trainer.fit(first.model, datamodule=first.datamodule)
+    resumed, _ = make_cli(tmp_path / "resumed", "--trainer.max_steps=600")
+    resumed.trainer.fit(
+        resumed.model,
+        datamodule=resumed.datamodule,
+        ckpt_path=str(tmp_path / "first/lightning_logs/version_0/checkpoints/last.ckpt"),
+    )
+    bar = resumed.trainer.progress_bar_callback.train_progress_bar
+    assert (bar.desc, bar.initial, bar.n, bar.total) == ("Epoch 0: ", 400, 600, 600)
+
+
 @pytest.mark.parametrize("prioritized", [False, True], ids=["uniform", "prioritized"])
 def test_resume_without_saved_buffer_refills_it(prioritized: bool, tmp_path: Path) -> None:
     switches = ("--data.save_replay_buffer=false", f"--data.prioritized={str(prioritized).lower()}")
