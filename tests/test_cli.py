@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -151,6 +152,25 @@ def test_test_subcommand_evaluates_checkpoint(fit_run: FitRun) -> None:
     result = run_cli("test", *args, cwd=fit_run.cwd)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "test/return_mean" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "given",
+    [(), ("--data.eval_episodes=100",), ("--config", "data-100.yaml")],
+    ids=["nothing", "the default on the command line", "the default in a config"],
+)
+def test_validate_takes_the_checkpoints_data_unless_given(given: tuple[str, ...], fit_run: FitRun, tmp_path) -> None:
+    """The checkpoint was trained with ``data.eval_episodes=10``. ``validate`` takes that where the
+    user gives nothing; a value given on the command line or in a config wins, the default included
+    (it scored the checkpoint's 10 episodes when asked for 100)."""
+    (tmp_path / "data-100.yaml").write_text("data:\n  eval_episodes: 100\n")
+    ckpt = fit_run.run_dir / "checkpoints" / "last.ckpt"
+    args = ["validate", "--ckpt_path", str(ckpt), "--trainer.accelerator=cpu", f"--trainer.default_root_dir={tmp_path}"]
+    args += [str(tmp_path / arg) if arg.endswith(".yaml") else arg for arg in given]
+    with mock.patch.object(sys, "argv", ["lit_dqn"]):
+        cli = DQNCLI(DQN, GymDataModule, args=args)
+    assert cli.datamodule.hparams.eval_episodes == (100 if given else 10)
+    assert cli.datamodule.hparams.warmup_steps == 300  # the checkpoint's, never given here
 
 
 def test_max_episodes_stops_training(tmp_path) -> None:
