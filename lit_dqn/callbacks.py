@@ -44,6 +44,7 @@ class EpisodeProgressBar(TQDMProgressBar):
         self._resumed_mid_epoch = True  # until on_train_epoch_start says otherwise
 
     def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        self.train_progress_bar.initial = 0  # a resumed run's start, not a count of this epoch's
         super().on_train_epoch_start(trainer, *args)
         self._resumed_mid_epoch = False
 
@@ -55,8 +56,9 @@ class EpisodeProgressBar(TQDMProgressBar):
         if self._resumed_mid_epoch:
             self._resumed_mid_epoch = False
             bar, left = self.train_progress_bar, self.total_train_batches  # left after this batch
+            total = min(trainer.num_training_batches, batch_idx + 1 + left)  # a finite epoch ends first
             bar.initial = bar.n = batch_idx
-            bar.total = None if left == float("inf") else batch_idx + 1 + left
+            bar.total = None if total == float("inf") else total
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:

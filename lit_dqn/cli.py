@@ -9,7 +9,6 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-import yaml
 from jsonargparse import ArgumentError, auto_cli
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ProgressBar
@@ -69,7 +68,7 @@ class DQNCLI(LightningCLI):
         would silently replace a value given for it: that is refused instead, naming the option to use.
         """
         given = sys.argv[1:] if args is None else args
-        self._tokens = [str(arg) for arg in given] if isinstance(given, list) else []
+        self._tokens: list[str] = [str(arg) for arg in given] if isinstance(given, list) else []
         if isinstance(given, list) and any("logger.init_args.save_dir" in str(arg) for arg in given):
             raise ConfigError(
                 "trainer.logger.init_args.save_dir follows trainer.default_root_dir (logs and checkpoints "
@@ -102,15 +101,17 @@ class DQNCLI(LightningCLI):
     def _data_from_checkpoint(self) -> None:
         """``validate`` and ``test`` rebuild the data module the checkpoint was trained with: its env
         spec (id, kwargs, wrappers, image layout) and evaluation seeds, so ``test --ckpt_path FILE``
-        needs no config. A ``data.*`` value given on the command line or in a config wins, even one
-        equal to the default (``--data.eval_episodes 100`` scored the checkpoint's 20 episodes)."""
+        needs no config. A ``data.*`` key named on the command line wins, even at its default value
+        (``--data.eval_episodes 100`` scored the checkpoint's 20 episodes), as does one a config
+        sets to other than its default."""
         _, checkpoint = self._checkpoint
         saved = (checkpoint or {}).get("datamodule_hyper_parameters")
-        given = self._given_data_keys()
-        if not isinstance(saved, dict) or given is None:
+        if not isinstance(saved, dict):
             return
         data = self.config[self.config.subcommand]["data"]
         defaults = inspect.signature(GymDataModule).parameters
+        given = {key for key in defaults if key in data and data[key] != defaults[key].default}
+        given |= self._data_keys_on_the_command_line(set(defaults))
         taken = []
         for key, value in saved.items():
             if key in defaults and key in data and key not in given and value != data[key]:
@@ -119,26 +120,16 @@ class DQNCLI(LightningCLI):
         if taken:
             print(f"data from the checkpoint: {', '.join(taken)}", file=sys.stderr)
 
-    def _given_data_keys(self) -> set[str] | None:
-        """The ``data.*`` keys the command line or a config file sets, whatever their values; None
-        where the whole group is given (``--data FILE``). jsonargparse keeps no record of where a
-        value came from (and its parse without defaults fails on the linked arguments), so the
-        command line's tokens and the config files are read here."""
-        keys: set[str] = set()
+    def _data_keys_on_the_command_line(self, keys: set[str]) -> set[str]:
+        """The keys of ``keys`` a ``--data.KEY`` option names, whatever its value. jsonargparse keeps
+        no record of where a value came from (its parse without defaults fails on the linked
+        arguments), so the tokens are read; like argparse, it takes a unique prefix of a key too."""
+        named = set()
         for token in self._tokens:
-            if token == "--data" or token.startswith("--data="):
-                return None
             if token.startswith("--data."):
-                keys.add(token.removeprefix("--data.").split("=", 1)[0].split(".", 1)[0])
-        subcommand = self.config.subcommand
-        files = [(path, (subcommand, "data")) for path in self.config.get("config") or []]
-        files += [(path, ("data",)) for path in self.config[subcommand].get("config") or []]
-        for path, section in files:
-            content = yaml.safe_load(Path(getattr(path, "absolute", path)).read_text())
-            for name in section:
-                content = content.get(name) if isinstance(content, dict) else None
-            keys |= set(content) if isinstance(content, dict) else set()
-        return keys
+                name = token.removeprefix("--data.").split("=", 1)[0].split(".", 1)[0]
+                named |= {name} if name in keys else {key for key in keys if key.startswith(name)}
+        return named
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         config = (self.config_init[self.subcommand] if self.subcommand else self.config_init)["trainer"]

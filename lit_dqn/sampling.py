@@ -24,13 +24,12 @@ def restore_generator(generator: torch.Generator, state: Tensor) -> bool:
     seeded from the saved bytes: the resumed run repeats from one try to the next, though it is not
     bit for bit the uninterrupted run (another device's arithmetic would not be either).
     """
-    try:
-        generator.set_state(state)
+    if state.numel() == generator.get_state().numel():
+        generator.set_state(state)  # anything else wrong with the state still raises
         return True
-    except RuntimeError:  # "Expected a CPUGeneratorImplState of size 5056 but found ... 16"
-        digest = hashlib.blake2b(state.cpu().numpy().tobytes(), digest_size=8).digest()
-        generator.manual_seed(int.from_bytes(digest, "little"))
-        return False
+    digest = hashlib.blake2b(state.cpu().numpy().tobytes(), digest_size=8).digest()
+    generator.manual_seed(int.from_bytes(digest, "little"))
+    return False
 
 
 class SumTree:

@@ -142,6 +142,11 @@ def record_td_losses(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     return losses
 
 
+def cuda_generator_state(seed: int, offset: int) -> torch.Tensor:
+    """What ``torch.Generator("cuda").get_state()`` returns: Philox's seed and offset, 16 bytes."""
+    return torch.tensor([seed, offset], dtype=torch.int64).view(torch.uint8)
+
+
 def quick_trainer(root: Path, max_steps: int, **kwargs) -> L.Trainer:
     """A CPU Trainer for ``max_steps`` updates with no logger, bar or summary: for in-process fits."""
     return L.Trainer(

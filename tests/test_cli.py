@@ -155,21 +155,32 @@ def test_test_subcommand_evaluates_checkpoint(fit_run: FitRun) -> None:
 
 
 @pytest.mark.parametrize(
-    "given",
-    [(), ("--data.eval_episodes=100",), ("--config", "data-100.yaml")],
-    ids=["nothing", "the default on the command line", "the default in a config"],
+    ("given", "episodes"),
+    [
+        ((), 10),
+        (("--data.eval_episodes=100",), 100),
+        (("--data.eval_episodes", "100"), 100),
+        (("--data.eval_ep=100",), 100),
+        (("--data.eval_episodes=25",), 25),
+        (("--config", "data-25.yaml"), 25),
+        (("--config", "data-100.yaml"), 10),
+    ],
+    ids=["nothing", "the default", "the default, two tokens", "a prefix", "another", "a config", "a config's default"],
 )
-def test_validate_takes_the_checkpoints_data_unless_given(given: tuple[str, ...], fit_run: FitRun, tmp_path) -> None:
-    """The checkpoint was trained with ``data.eval_episodes=10``. ``validate`` takes that where the
-    user gives nothing; a value given on the command line or in a config wins, the default included
-    (it scored the checkpoint's 10 episodes when asked for 100)."""
+def test_validate_takes_the_checkpoints_data_unless_given(
+    given: tuple[str, ...], episodes: int, fit_run: FitRun, tmp_path
+) -> None:
+    """The checkpoint was trained with ``data.eval_episodes=10``. ``validate`` takes that unless the
+    command line names the key (the default included: it scored 10 episodes when asked for 100) or
+    a config sets it to other than the default."""
+    (tmp_path / "data-25.yaml").write_text("data:\n  eval_episodes: 25\n")
     (tmp_path / "data-100.yaml").write_text("data:\n  eval_episodes: 100\n")
     ckpt = fit_run.run_dir / "checkpoints" / "last.ckpt"
     args = ["validate", "--ckpt_path", str(ckpt), "--trainer.accelerator=cpu", f"--trainer.default_root_dir={tmp_path}"]
     args += [str(tmp_path / arg) if arg.endswith(".yaml") else arg for arg in given]
     with mock.patch.object(sys, "argv", ["lit_dqn"]):
         cli = DQNCLI(DQN, GymDataModule, args=args)
-    assert cli.datamodule.hparams.eval_episodes == (100 if given else 10)
+    assert cli.datamodule.hparams.eval_episodes == episodes
     assert cli.datamodule.hparams.warmup_steps == 300  # the checkpoint's, never given here
 
 

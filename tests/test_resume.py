@@ -21,8 +21,7 @@ from lit_dqn.module import NonFiniteLossError
 from lit_dqn.rollout import EnvRunner, StopRequested
 
 from . import conftest
-from .conftest import CONFIG, SHORT_FIT, StepRecorder, run_cli, run_main
-from .test_sampling import cuda_generator_state
+from .conftest import CONFIG, SHORT_FIT, StepRecorder, cuda_generator_state, run_cli, run_main
 from .test_toolbox import PrioritizedCheck
 
 

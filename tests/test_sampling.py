@@ -6,6 +6,7 @@ import torch
 from lit_dqn.buffer import ReplayBuffer
 from lit_dqn.sampling import PrioritizedSampler, SumTree, restore_generator
 
+from .conftest import cuda_generator_state
 from .test_buffer import push_range
 
 
@@ -101,11 +102,6 @@ def test_a_uniform_buffer_loads_into_a_prioritized_one_at_equal_priority() -> No
     buffer.load_state_dict(uniform.state_dict())
     assert buffer.sampler.tree.get(torch.arange(8)).tolist() == [1.0] * 5 + [0.0] * 3
     assert (buffer.sample(5).indices < 5).all()
-
-
-def cuda_generator_state(seed: int, offset: int) -> torch.Tensor:
-    """What ``torch.Generator("cuda").get_state()`` returns: Philox's seed and offset, 16 bytes."""
-    return torch.tensor([seed, offset], dtype=torch.int64).view(torch.uint8)
 
 
 def test_restore_generator_continues_a_stream_or_reseeds_from_another_device_kind() -> None:
