@@ -414,16 +414,16 @@ class DQN(L.LightningModule):
             self._noise_state = self._acting_noise_state = None
             # A checkpoint's streams continue only in a job of as many processes (a resume; the data
             # module refuses any other). Its weights fitted in another job keep the fresh streams.
-            # The rank's row is cloned into a tensor of its own: handed rank 1's row, a view into the
-            # gathered states, Generator.set_state crashed the process (segfault, torch 2.13).
-            saved_ranks = (state.shape[0] if state.dim() == 2 else 1) if state is not None else 0
-            if saved_ranks == world_size and not restore_generator(
-                self._noise, state[rank].clone() if state.dim() == 2 else state
-            ):
-                rank_zero_info(
-                    f"Resuming on {self.device.type}: the noisy nets' noise stream was saved on another kind "
-                    "of device, so it starts anew from a seed taken from it (the run goes on, not bit for bit)"
-                )
+            saved_ranks = 1 if state is None or state.dim() == 1 else state.shape[0]
+            if state is not None and saved_ranks == world_size:
+                # The rank's row is cloned into a tensor of its own: handed rank 1's row, a view into
+                # the gathered states, Generator.set_state crashed the process (segfault, torch 2.13).
+                row = state[rank].clone() if state.dim() == 2 else state  # [S]
+                if not restore_generator(self._noise, row):
+                    rank_zero_info(
+                        f"Resuming on {self.device.type}: the noisy nets' noise stream was saved on another "
+                        "kind of device, so it starts anew from a seed taken from it (the run goes on, not bit for bit)"
+                    )
             if acting is not None and acting.shape[0] == world_size:  # DDP: this rank's, not rank 0's
                 noise = self._policy_noise()
                 row = acting[rank].to(self.device)  # [N]

@@ -181,6 +181,7 @@ def test_validate_takes_the_checkpoints_data_unless_given(
     with mock.patch.object(sys, "argv", ["lit_dqn"]):
         cli = DQNCLI(DQN, GymDataModule, args=args)
     assert cli.datamodule.hparams.eval_episodes == episodes
+    assert cli.datamodule.val_dataloader().dataset.episodes == episodes  # what validation played
     assert cli.datamodule.hparams.warmup_steps == 300  # the checkpoint's, never given here
 
 
