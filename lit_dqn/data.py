@@ -30,7 +30,7 @@ from lit_dqn.distributed import episode_share, gather_to_rank_zero, rank_seed, w
 from lit_dqn.envs import ActionMasks, EnvSpec, ImageLayout, WrapperSpec
 from lit_dqn.frames import FrameReplayBuffer
 from lit_dqn.rollout import EnvRunner, ExplorationPolicy, GreedyPolicy, evaluate
-from lit_dqn.sampling import PrioritizedSampler, UniformSampler
+from lit_dqn.sampling import PrioritizedSampler, UniformSampler, reseeded_notice
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,7 +337,11 @@ class GymDataModule(L.LightningDataModule):
         self.buffer = storage(hp.buffer_capacity, shape, num_envs=hp.num_envs, sampler=sampler, **kwargs)
         envs = self.env_spec.make_vec(hp.num_envs, training=True, vectorization_mode=hp.vectorization_mode)
         self.runner = EnvRunner(
-            envs, self.buffer, seed=int(runner_seed.generate_state(1)[0]), masks=self.env_spec.masks()
+            envs,
+            self.buffer,
+            seed=int(runner_seed.generate_state(1)[0]),
+            masks=self.env_spec.masks(),
+            emulators=frames,  # Atari: checkpoints carry each emulator's state
         )
         saved = "saved in every checkpoint" if hp.save_replay_buffer else "not saved in checkpoints"
         kind = ("Prioritized replay" if hp.prioritized else "Replay") + (" frame ring" if frames else " buffer")
@@ -452,10 +456,7 @@ class GymDataModule(L.LightningDataModule):
             except ValueError as error:
                 raise ConfigError(f"the checkpoint's {error}") from None
             if not continued:
-                rank_zero_info(
-                    f"Resuming on {self.buffer.device.type}: the replay sampling stream was saved on another kind "
-                    "of device, so it starts anew from a seed taken from it (the run goes on, not bit for bit)"
-                )
+                rank_zero_info(reseeded_notice("the replay sampling stream", self.buffer.device))
             dataset.batches = state["batches"]
         else:  # no saved buffer: refill it, warm-up included, before the next update
             dataset.warmup_steps += self.runner.env_steps

@@ -51,7 +51,7 @@ from lit_dqn.networks import (
     soft_update,
 )
 from lit_dqn.optimization import StepCounter, plain_calls_are_exact
-from lit_dqn.sampling import restore_generator
+from lit_dqn.sampling import reseeded_notice, restore_generator
 from lit_dqn.scalars import is_logging_step, write_scalars
 
 
@@ -99,7 +99,7 @@ class DQN(L.LightningModule):
             ``[v_min, v_max]`` (targets are clipped there): ±10 is the paper's Atari range, for
             rewards clipped to ±1; set it to cover the env's discounted returns.
         v_max: C51's highest atom, in units of return.
-        num_quantiles: QR-DQN's quantiles: 50, sb3-contrib's default (the paper's Atari setting is 200).
+        num_quantiles: QR-DQN's quantiles: 50 here; sb3-contrib's default and the paper's Atari setting are 200.
             The loss compares every pair of quantiles, so its cost grows as N² per sample: its
             forward and backward for a batch of 256 took 2.3 ms at 50 and 250 ms at 200 (one CPU thread).
         noisy: noisy nets (Fortunato et al. 2018): the Q-head's layers (the last hidden layer and the
@@ -420,10 +420,7 @@ class DQN(L.LightningModule):
                 # the gathered states, Generator.set_state crashed the process (segfault, torch 2.13).
                 row = state[rank].clone() if state.dim() == 2 else state  # [S]
                 if not restore_generator(self._noise, row):
-                    rank_zero_info(
-                        f"Resuming on {self.device.type}: the noisy nets' noise stream was saved on another "
-                        "kind of device, so it starts anew from a seed taken from it (the run goes on, not bit for bit)"
-                    )
+                    rank_zero_info(reseeded_notice("the noisy nets' noise stream", self.device))
             if acting is not None and acting.shape[0] == world_size:  # DDP: this rank's, not rank 0's
                 noise = self._policy_noise()
                 row = acting[rank].to(self.device)  # [N]

@@ -84,13 +84,23 @@ class EnvRunner:
     transition and is never stored. ``env_steps`` counts stored transitions only.
 
     With ``masks``, the policy is told which actions are valid in each observation, and every
-    stored transition keeps the valid actions of its ``next_obs``.
+    stored transition keeps the valid actions of its ``next_obs``. ``emulators``: the sub-envs are
+    Atari games wrapped in ``atari.EmulatorState``, whose emulator state checkpoints carry. It is
+    said, not probed: asking an ``AsyncVectorEnv``'s workers for an attribute they lack shuts them down.
     """
 
-    def __init__(self, envs: gym.vector.VectorEnv, buffer: Replay, seed: int, masks: ActionMasks | None = None) -> None:
+    def __init__(
+        self,
+        envs: gym.vector.VectorEnv,
+        buffer: Replay,
+        seed: int,
+        masks: ActionMasks | None = None,
+        emulators: bool = False,
+    ) -> None:
         self.envs = envs
         self.buffer = buffer
         self.masks = masks
+        self.emulators = emulators
         env_seed, action_seed = np.random.SeedSequence(seed).generate_state(2)
         self.rng = np.random.default_rng(int(action_seed))
         self.obs, infos = envs.reset(seed=int(env_seed))
@@ -159,7 +169,7 @@ class EnvRunner:
             "epsilon": self.epsilon,
             "rng": self.rng.bit_generator.state,
             "env_rngs": _env_rngs(self.envs),
-            "emulators": _emulator_states(self.envs),
+            "emulators": _emulator_states(self.envs) if self.emulators else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -188,13 +198,10 @@ def _env_rngs(envs: gym.vector.VectorEnv) -> list[dict[str, Any]] | None:
     return [copy.deepcopy(rng.bit_generator.state) for rng in envs.get_attr("np_random")]
 
 
-def _emulator_states(envs: gym.vector.VectorEnv) -> list[dict[str, Any]] | None:
-    """Each Atari sub-env's emulator state (``envs.EmulatorState``), bytes as a uint8 tensor so that
-    checkpoints load with ``weights_only=True``; ``None`` for other envs."""
-    try:
-        states = envs.get_attr("emulator_state")
-    except AttributeError:
-        return None
+def _emulator_states(envs: gym.vector.VectorEnv) -> list[dict[str, Any]]:
+    """Each Atari sub-env's emulator state (``atari.EmulatorState``), bytes as a uint8 tensor so that
+    checkpoints load with ``weights_only=True``."""
+    states = envs.get_attr("emulator_state")
     return [{**state, "ale": torch.frombuffer(bytearray(state["ale"]), dtype=torch.uint8)} for state in states]
 
 

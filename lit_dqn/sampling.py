@@ -32,6 +32,14 @@ def restore_generator(generator: torch.Generator, state: Tensor) -> bool:
     return False
 
 
+def reseeded_notice(stream: str, device: torch.device) -> str:
+    """The line a resume logs where ``restore_generator`` returned False for ``stream``."""
+    return (
+        f"Resuming on {device.type}: {stream} was saved on another kind of device, so it starts anew "
+        "from a seed taken from it (the run goes on, not bit for bit)"
+    )
+
+
 class SumTree:
     """A binary tree of sums over ``capacity`` non-negative leaves, in one flat tensor on ``device``.
 

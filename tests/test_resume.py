@@ -68,8 +68,15 @@ DISTRIBUTIONAL = (
 )
 
 
+# The training env stepped in a worker process (Gymnasium's AsyncVectorEnv): its RNG travels through
+# the worker pipes, and a checkpoint save must not ask the workers for what they lack.
+ASYNC = ("--data.vectorization_mode=async",)
+
+
 @pytest.mark.parametrize(
-    "switches", [(), TOOLBOX, MASKED, DISTRIBUTIONAL], ids=["default", "toolbox", "masks", "distributional"]
+    "switches",
+    [(), TOOLBOX, MASKED, DISTRIBUTIONAL, ASYNC],
+    ids=["default", "toolbox", "masks", "distributional", "async"],
 )
 def test_resume_continues_exactly_like_an_uninterrupted_run(switches: tuple[str, ...], tmp_path: Path) -> None:
     """fit 2N == fit to N, stop, resume to 2N: the same losses, episodes and weights, bit for bit.
