@@ -84,27 +84,31 @@ def check_checkpoint_fits(checkpoint: dict[str, Any], model: torch.nn.Module, pa
         )
 
 
-def report_changed_hyperparameters(checkpoint: dict[str, Any], model: torch.nn.Module, path: str | Path) -> None:
-    """Say which model values a resumed fit takes from the config rather than the checkpoint, so a
-    resume without the run's ``--config`` does not silently fall back to the class defaults."""
-    saved = checkpoint.get("hyper_parameters", {})
-    config = dict(model.hparams)
+def report_changed_hyperparameters(
+    checkpoint: dict[str, Any], model: torch.nn.Module, datamodule: Any, path: str | Path
+) -> None:
+    """Say which model and data values a resumed fit takes from the config rather than the
+    checkpoint, so a resume without the run's ``--config`` does not silently fall back to the class
+    defaults: another learning rate, or another env (``data.env_kwargs``) beside the old one's replay."""
+    sections = [
+        ("model", checkpoint.get("hyper_parameters", {}), dict(model.hparams)),
+        ("data", checkpoint.get("datamodule_hyper_parameters", {}), dict(getattr(datamodule, "hparams", {}))),
+    ]
 
     def same(a: object, b: object) -> bool:  # a config gives tuples where a checkpoint has lists
         sequences = (list, tuple)
         return list(a) == list(b) if isinstance(a, sequences) and isinstance(b, sequences) else a == b
 
     changed = [
-        f"model.{key}={config[key]!r} (checkpoint: {saved[key]!r})"
+        f"{section}.{key}={config[key]!r} (checkpoint: {saved[key]!r})"
+        for section, saved, config in sections
         for key in config
-        if key in saved and not same(saved[key], config[key])
+        if not key.startswith("_") and key in saved and not same(saved[key], config[key])
     ]
     if changed:
         run_config = Path(path).parent.parent / "config.yaml"
         hint = f"; pass --config {run_config} to resume with the run's own settings" if run_config.is_file() else ""
-        print(
-            f"Resuming with model values that differ from the checkpoint's: {', '.join(changed)}{hint}", file=sys.stderr
-        )
+        print(f"Resuming with values that differ from the checkpoint's: {', '.join(changed)}{hint}", file=sys.stderr)
 
 
 def latest_last_checkpoint(log_root: Path) -> tuple[Path, dict[str, Any]] | None:

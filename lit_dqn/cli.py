@@ -192,7 +192,7 @@ class DQNCLI(LightningCLI):
         self._checkpoint = (None, None)  # no need to hold it while training
         check_checkpoint_fits(checkpoint, self.model, ckpt_path)
         if subcommand == "fit":
-            report_changed_hyperparameters(checkpoint, self.model, ckpt_path)
+            report_changed_hyperparameters(checkpoint, self.model, self.datamodule, ckpt_path)
 
 
 def _check_writable(root: Path) -> None:

@@ -516,17 +516,21 @@ def test_kill_9_never_leaves_a_broken_latest_checkpoint(tmp_path: Path) -> None:
 
 def test_resume_takes_model_values_from_the_command_line(tmp_path: Path) -> None:
     """``--ckpt_path last`` and ``--ckpt_path FILE`` resume alike: the config's model values apply,
-    the learning rate included (not the one inside the restored optimizer state)."""
+    the learning rate included (not the one inside the restored optimizer state). stderr names each
+    model and data value that differs from the checkpoint's, another env's kwargs included."""
     fit = ["fit", "--config", str(CONFIG), *SHORT_FIT, "--trainer.enable_progress_bar=false"]
     assert run_cli(*fit, "--trainer.max_steps=300", cwd=tmp_path).returncode == 0
     first = tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt"
-    overrides = {"last": ("0.5", "0.9"), str(first): ("0.25", "0.8")}
-    for version, (ckpt_path, (lr, gamma)) in enumerate(overrides.items(), start=1):
+    env_kwargs = "--data.env_kwargs={max_episode_steps: 400}"
+    overrides = {"last": ("0.5", "0.9", ()), str(first): ("0.25", "0.8", (env_kwargs,))}
+    for version, (ckpt_path, (lr, gamma, data)) in enumerate(overrides.items(), start=1):
         args = [f"--ckpt_path={ckpt_path}", f"--model.lr={lr}", f"--model.gamma={gamma}", "--trainer.max_steps=400"]
-        result = run_cli(*fit, *args, cwd=tmp_path)
+        result = run_cli(*fit, *args, *data, cwd=tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
         notice = [line for line in result.stderr.splitlines() if "differ from the checkpoint's" in line]
         assert len(notice) == 1 and f"model.lr={float(lr)!r}" in notice[0] and "hidden_sizes" not in notice[0]
+        named = "data.env_kwargs={'max_episode_steps': 400} (checkpoint: None)"
+        assert (named in notice[0]) == bool(data) and notice[0].count("data.") == len(data)
         saved = torch.load(tmp_path / f"lightning_logs/version_{version}/checkpoints/last.ckpt", weights_only=False)
         assert saved["global_step"] == 400
         assert (saved["hyper_parameters"]["lr"], saved["hyper_parameters"]["gamma"]) == (float(lr), float(gamma))
