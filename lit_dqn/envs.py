@@ -202,9 +202,11 @@ class EnvSpec:
         for i, wrapper in enumerate(self.wrappers):
             try:
                 cls = _import_class(wrapper["class_path"])
-            except (ImportError, AttributeError) as error:
+            except Exception as error:  # the user's module: whatever it raises, one line naming it
+                message = str(error).splitlines()[0] if str(error) else ""
                 raise ConfigError(
-                    f"data.wrappers[{i}].class_path={wrapper['class_path']!r} cannot be imported: {error}"
+                    f"data.wrappers[{i}].class_path={wrapper['class_path']!r} cannot be imported: "
+                    f"{type(error).__name__}: {message}"
                 ) from None
             factories.append(functools.partial(_wrap, i, cls, dict(wrapper.get("init_args") or {})))
         return factories
@@ -242,9 +244,10 @@ class EnvSpec:
             raise ConfigError(f"data.env_id={self.env_id!r}: {str(error).splitlines()[0]}") from None
         except gym.error.Error as error:
             raise ConfigError(self._cannot_make(error)) from None
-        except TypeError as error:
+        except (TypeError, ValueError, AssertionError) as error:  # a bad kwarg, or the env's own check of one
             given = f"data.env_kwargs={dict(self.env_kwargs)!r}" if self.env_kwargs else f"data.env_id={self.env_id!r}"
-            raise ConfigError(f"{given} cannot make the env: {str(error).splitlines()[0]}") from None
+            message = str(error).splitlines()[0] if str(error) else ""
+            raise ConfigError(f"{given} cannot make the env: {type(error).__name__}: {message}") from None
         source, size = _mask_source(env) if self.action_masks else (None, 0)
         probe = _Probe(env.observation_space, env.action_space, source, size)
         env.close()
@@ -259,6 +262,11 @@ class EnvSpec:
             raise ConfigError(
                 f"data.action_masks=true, but {self.env_id} provides no action mask: neither info['action_mask'] "
                 "from reset and step (Gymnasium's convention) nor an action_masks() method (sb3-contrib's)"
+            )
+        if source == "reset":
+            raise ConfigError(
+                f"data.action_masks=true, but {self.env_id} gives info['action_mask'] from reset only: each step's "
+                "info must carry the mask of the observation it returns (or give an action_masks() method)"
             )
         if size != action_space.n:
             raise ConfigError(
@@ -316,7 +324,16 @@ class EnvSpec:
                 f"data.image_layout={self.image_layout!r} is for image observations; {self.env_id}'s are flat "
                 f"{tuple(shape)}: leave it null"
             )
-        checked = CheckedSpaces(observation_space, int(raw_action_space.n), self._layout(shape) if image else None)
+        layout = self._layout(shape) if image else None
+        if layout is not None:
+            height, width = shape[:2] if layout == "channels_last" else shape[1:]
+            if min(height, width) < 3:
+                raise ConfigError(
+                    f"data.env_id={self.env_id!r} gives images of {height}x{width} pixels ({layout}, shape "
+                    f"{tuple(shape)}); the CNN needs at least 3x3: check data.image_layout, or flatten them "
+                    "with data.wrappers: [{class_path: gymnasium.wrappers.FlattenObservation}]"
+                )
+        checked = CheckedSpaces(observation_space, int(raw_action_space.n), layout)
         self.masks()  # masks asked for and none provided: one line now
         return checked
 
@@ -400,15 +417,22 @@ class EnvSpec:
 class _Probe(NamedTuple):
     observation_space: gym.Space
     action_space: gym.Space
-    mask_source: Literal["info", "method"] | None
+    mask_source: Literal["info", "method", "reset"] | None
     mask_size: int  # entries of the first mask read (0 if none)
 
 
-def _mask_source(env: gym.Env) -> tuple[Literal["info", "method"] | None, int]:
-    """Which convention an env follows for action masks, and its mask's length, read from its first reset."""
+def _mask_source(env: gym.Env) -> tuple[Literal["info", "method", "reset"] | None, int]:
+    """Which convention an env follows for action masks, and its mask's length, read from its first
+    reset and, for masks in the info, its first step: ``reset`` where only the reset's info has one
+    (every later step would then count every action valid)."""
     _, info = env.reset(seed=0)
     if "action_mask" in info:
-        return "info", int(np.asarray(info["action_mask"]).size)
+        mask = np.asarray(info["action_mask"]).astype(bool).ravel()
+        valid = np.flatnonzero(mask)
+        action = int(env.action_space.start) + (int(valid[0]) if valid.size else 0)
+        _, _, terminated, truncated, step_info = env.step(action)
+        ended = terminated or truncated  # an episode's last info may leave the mask out: nothing acts on it
+        return "info" if ended or "action_mask" in step_info else "reset", mask.size
     if env.has_wrapper_attr("action_masks"):
         return "method", int(np.asarray(env.get_wrapper_attr("action_masks")()).size)
     return None, 0

@@ -141,6 +141,28 @@ class StrictMethod(Strict):
         return self._mask.astype(bool)
 
 
+class ResetOnlyMask(Strict):
+    """``Strict`` whose steps leave the mask out of their info: only a reset's info has one."""
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        obs, reward, terminated, truncated, _ = super().step(action)
+        return obs, reward, terminated, truncated, {}
+
+
+class Tiny(gym.Env):
+    """uint8 images of 2x2 pixels, 3 channels last: smaller than any convolution here."""
+
+    observation_space = gym.spaces.Box(0, 255, shape=(2, 2, 3), dtype=np.uint8)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        return self.np_random.integers(0, 256, (2, 2, 3), dtype=np.uint8), {}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        return self.np_random.integers(0, 256, (2, 2, 3), dtype=np.uint8), 0.0, False, False, {}
+
+
 class Endless(gym.Env):
     """An episode that never ends, and no time limit: reward 1 per step, whatever the action. Past
     twice ``EVAL_STEP_CAP`` steps it raises, so an evaluation that is not cut fails instead of hanging."""
@@ -172,6 +194,8 @@ gym.register("Bytes-v0", entry_point=Bytes, max_episode_steps=20)
 gym.register("Parts-v0", entry_point=Parts, max_episode_steps=20)
 gym.register("Strict-v0", entry_point=Strict, max_episode_steps=20)
 gym.register("StrictMethod-v0", entry_point=StrictMethod, max_episode_steps=20)
+gym.register("ResetOnlyMask-v0", entry_point=ResetOnlyMask, max_episode_steps=20)
+gym.register("Tiny-v0", entry_point=Tiny, max_episode_steps=20)
 gym.register("Endless-v0", entry_point=Endless)  # no max_episode_steps
 gym.register("Grid-v0", entry_point=Grid, max_episode_steps=20)
 gym.register(

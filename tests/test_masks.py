@@ -134,4 +134,7 @@ def test_the_replay_of_taxi_keeps_each_next_states_own_mask() -> None:
 def test_masks_asked_of_an_env_that_has_none_is_one_line() -> None:
     with pytest.raises(ConfigError, match=r"data.action_masks=true, but CartPole-v1 provides no action mask"):
         data_for("CartPole-v1")
+    # masks in the reset's info only: every later step would count every action valid, silently
+    with pytest.raises(ConfigError, match=r"ResetOnlyMask-v0 gives info\['action_mask'\] from reset only"):
+        data_for("tests.own_envs:ResetOnlyMask-v0")
     assert EnvSpec("CartPole-v1").masks() is None  # masks off: nothing read

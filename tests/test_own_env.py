@@ -48,6 +48,18 @@ def test_an_env_module_that_fails_to_import_is_one_line_naming_it() -> None:
         GymDataModule("tests.broken_envs:Licensed-v0")
     with pytest.raises(ConfigError, match=r"importing its module 'nopkg.envs' failed: ModuleNotFoundError"):
         GymDataModule("nopkg.envs:MyEnv-v0")
+    wrapper = [{"class_path": "tests.broken_envs.Licence"}]  # a wrapper's module that fails the same way
+    with pytest.raises(ConfigError, match=r"data.wrappers\[0\].class_path=.* cannot be imported: RuntimeError: the"):
+        GymDataModule("CartPole-v1", wrappers=wrapper)
+
+
+def test_an_env_that_refuses_its_kwargs_is_one_line_naming_them() -> None:
+    """The env's own check of a kwarg (a ValueError, as examples/gridworld.py raises) and a kwarg it
+    does not take (a TypeError) both name ``data.env_kwargs``."""
+    with pytest.raises(ConfigError, match=r"data.env_kwargs=\{'size': 1\} cannot make the env: ValueError: size=1"):
+        GymDataModule("examples.gridworld:GridWorld-v0", env_kwargs={"size": 1})
+    with pytest.raises(ConfigError, match=r"data.env_kwargs=\{'sides': 4\} cannot make the env: TypeError"):
+        GymDataModule("examples.gridworld:GridWorld-v0", env_kwargs={"sides": 4})
 
 
 def test_env_kwargs_and_wrappers_reach_training_evaluation_the_checkpoint_test_and_record(tmp_path) -> None:
@@ -190,6 +202,13 @@ def test_an_image_env_of_no_known_family_says_its_layout(tmp_path) -> None:
     assert data.obs_layout == "channels_last" and data.obs_dtype == torch.bool
     with pytest.raises(ConfigError, match=r"data.image_layout='channels_last' is for image observations"):
         GymDataModule("CartPole-v1", image_layout="channels_last")
+
+
+def test_images_smaller_than_the_convolution_are_one_line_and_train_flattened() -> None:
+    with pytest.raises(ConfigError, match=r"images of 2x2 pixels \(channels_last.*the CNN needs at least 3x3"):
+        GymDataModule("tests.own_envs:Tiny-v0", image_layout="channels_last")
+    flat = GymDataModule("tests.own_envs:Tiny-v0", wrappers=[{"class_path": "gymnasium.wrappers.FlattenObservation"}])
+    assert flat.obs_dim == 12 and flat.obs_layout is None
 
 
 def test_a_vector_env_that_autoresets_in_the_same_step_is_refused() -> None:
