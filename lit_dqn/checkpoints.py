@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -85,14 +86,18 @@ def check_checkpoint_fits(checkpoint: dict[str, Any], model: torch.nn.Module, pa
 
 
 def report_changed_hyperparameters(
-    checkpoint: dict[str, Any], model: torch.nn.Module, datamodule: Any, path: str | Path
+    checkpoint: dict[str, Any], model: L.LightningModule, datamodule: L.LightningDataModule | None, path: str | Path
 ) -> None:
     """Say which model and data values a resumed fit takes from the config rather than the
     checkpoint, so a resume without the run's ``--config`` does not silently fall back to the class
     defaults: another learning rate, or another env (``data.env_kwargs``) beside the old one's replay."""
     sections = [
         ("model", checkpoint.get("hyper_parameters", {}), dict(model.hparams)),
-        ("data", checkpoint.get("datamodule_hyper_parameters", {}), dict(getattr(datamodule, "hparams", {}))),
+        (
+            "data",
+            checkpoint.get("datamodule_hyper_parameters", {}),
+            dict(datamodule.hparams) if datamodule is not None else {},
+        ),
     ]
 
     def same(a: object, b: object) -> bool:  # a config gives tuples where a checkpoint has lists
