@@ -50,7 +50,15 @@ class DQNCLI(LightningCLI):
     Every trainer it builds writes checkpoints atomically and stops cleanly on Ctrl-C or SIGTERM
     (see ``GracefulStop``); ``--ckpt_path last`` resumes the most recent run under the logger's
     directory, and a checkpoint path is checked before training starts.
+
+    The module makes its own optimizer (AMSGrad AdamW at ``model.lr``), so Lightning's
+    ``--optimizer`` and ``--lr_scheduler`` are not offered: in manual optimization a scheduler
+    would never be stepped, and another optimizer would silently take the module's learning rate.
     """
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("auto_configure_optimizers", False)
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
         # The env decides the network's sizes, so a config never repeats them; logs and checkpoints
@@ -141,7 +149,11 @@ class DQNCLI(LightningCLI):
         except (ValueError, MisconfigurationException) as error:  # e.g. an accelerator this machine lacks
             raise ConfigError(f"trainer: {str(error).strip().splitlines()[0]}") from None
         _check_writable(Path(trainer.default_root_dir))
-        _check_evaluation_limits(trainer)
+        _check_trainer_flags(trainer)
+        if config.get("min_epochs") is None:
+            # Lightning makes min_steps imply min_epochs=1, and the replay stream's one epoch never
+            # ends: every stop (EarlyStopping, model.max_episodes, Ctrl-C) would wait for max_steps.
+            trainer.fit_loop.min_epochs = 0
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # keep a plugin the user chose
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         if EpisodeStatistics.of(trainer) is None:  # the episode curves, means and progress-bar figures
@@ -266,9 +278,34 @@ def tune(args: list[str]) -> int:
     return tune_main(args)
 
 
-def _check_evaluation_limits(trainer: Trainer) -> None:
-    """An evaluation is one batch (the returns of ``data.eval_episodes`` episodes), so a fraction of
-    it is none: Lightning would fail with a traceback when the evaluation first starts."""
+def _check_trainer_flags(trainer: Trainer) -> None:
+    """Trainer flags that cannot work with one DQN update per batch of an endless replay stream, each
+    one line now rather than a traceback at the first update, or a flag silently without effect."""
+    clip = next(
+        (key for key in ("gradient_clip_val", "gradient_clip_algorithm") if getattr(trainer, key) is not None), None
+    )
+    if clip is not None:
+        raise ConfigError(
+            f"trainer.{clip} is not used: the module clips its own gradients, by value, at "
+            "model.grad_clip_value (default 100; null for none)"
+        )
+    if trainer.accumulate_grad_batches != 1:
+        raise ConfigError(
+            f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches} is not allowed: each batch is one "
+            "DQN update, against the target network of that moment; for bigger updates raise data.batch_size"
+        )
+    if trainer.precision not in ("32-true", "16-mixed", "bf16-mixed"):
+        raise ConfigError(
+            f"trainer.precision={trainer.precision!r} is not supported: replay keeps float32 observations and "
+            "the networks train in float32; use 32-true, or 16-mixed or bf16-mixed (autocast)"
+        )
+    interval = getattr(trainer, "val_check_interval", None)  # a time-based interval sets no such attribute
+    endless = trainer.limit_train_batches == 1.0 and isinstance(trainer.limit_train_batches, float)
+    if trainer.check_val_every_n_epoch is not None and isinstance(interval, float) and endless:
+        raise ConfigError(
+            f"trainer.val_check_interval={interval:g} is a fraction of an epoch, and the replay stream is one "
+            "endless epoch, so validation would never run: give it in updates (an int, e.g. 1000)"
+        )
     for key in ("limit_val_batches", "limit_test_batches"):
         value = getattr(trainer, key)
         if isinstance(value, float) and 0.0 < value < 1.0:

@@ -484,7 +484,9 @@ class DQN(L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # The fused kernel updates all parameters in one call instead of a Python loop over
         # tensors, several times faster for a net this small; it exists on CPU, CUDA and MPS.
-        fused = self.device.type in _get_fused_kernels_supported_devices()
+        # Mixed precision's gradient clipping needs the unscaled gradients a fused step never shows.
+        mixed = self._trainer is not None and self.trainer.precision.endswith("-mixed")
+        fused = self.device.type in _get_fused_kernels_supported_devices() and not mixed
         return torch.optim.AdamW(self.policy_net.parameters(), lr=self.hparams.lr, amsgrad=True, fused=fused)
 
     def _keep_schedules(self, schedules: dict[str, Any], prioritized: bool) -> None:

@@ -11,7 +11,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from lit_dqn import DQN, EpisodeStatistics, GymDataModule
 from lit_dqn.cli import DQNCLI
 
-from .conftest import CONFIG, ROOT, SHORT_FIT, FitRun, run_cli
+from .conftest import CONFIG, ROOT, SHORT_FIT, FitRun, make_cli, run_cli
+
+SMALL_WARMUP = ("--data.batch_size=8", "--data.warmup_steps=50")
 
 
 def read_events(run_dir) -> EventAccumulator:
@@ -196,6 +198,24 @@ def test_max_episodes_stops_training(tmp_path) -> None:
     assert events.Scalars("train/episode_duration_mean100")[-1].step == 5
     ckpt = torch.load(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=False)
     assert ckpt["global_step"] < 600
+
+
+def test_min_steps_delays_a_stop_only_until_it_is_reached(tmp_path) -> None:
+    """``model.max_episodes`` asks to stop at once; ``trainer.min_steps`` holds it off to step 250,
+    no further (Lightning's implied ``min_epochs=1`` would hold it to max_steps: the epoch is endless)."""
+    args = ["--model.max_episodes=3", "--trainer.min_steps=250", "--trainer.max_steps=600", "--data.batch_size=8"]
+    cli, _ = make_cli(tmp_path, "--data.warmup_steps=50", "--trainer.val_check_interval=1000", *args)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert cli.trainer.global_step == 250
+
+
+@pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed"])
+def test_mixed_precision_trains_with_clipping(precision: str, tmp_path) -> None:
+    """Lightning's AMP clipping refuses a fused optimizer: mixed precision gets the unfused AdamW."""
+    cli, recorder = make_cli(tmp_path, f"--trainer.precision={precision}", "--trainer.max_steps=20", *SMALL_WARMUP)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert cli.trainer.global_step == 20 and all(np.isfinite(recorder.losses))
+    assert cli.model.hparams.grad_clip_value is not None
 
 
 @pytest.mark.parametrize("listed", [False, True], ids=["added", "listed-in-the-config"])

@@ -59,6 +59,18 @@ BAD_INPUTS = [
     (["--data.priority_eps=0"], ["data.priority_eps=0", "> 0"]),
     (["--trainer.limit_val_batches=0.5"], ["trainer.limit_val_batches=0.5", "one batch", "data.eval_episodes"]),
     (["--trainer.limit_test_batches=0.25"], ["trainer.limit_test_batches=0.25", "use 0 (none), 1.0 or an int"]),
+    # Lightning flags that one update per batch of an endless stream cannot honour
+    (["--trainer.gradient_clip_val=0.5"], ["trainer.gradient_clip_val is not used", "model.grad_clip_value"]),
+    (["--trainer.gradient_clip_algorithm=norm"], ["trainer.gradient_clip_algorithm is not used", "by value"]),
+    (["--trainer.accumulate_grad_batches=4"], ["trainer.accumulate_grad_batches=4", "data.batch_size"]),
+    (["--trainer.precision=64-true"], ["trainer.precision='64-true'", "32-true", "16-mixed", "bf16-mixed"]),
+    (["--trainer.precision=bf16-true"], ["trainer.precision='bf16-true'", "32-true"]),
+    (
+        ["--trainer.check_val_every_n_epoch=1", "--trainer.val_check_interval=0.001"],
+        ["trainer.val_check_interval=0.001", "validation would never run", "in updates"],
+    ),
+    (["--optimizer=SGD"], ["unrecognized arguments", "--optimizer"]),
+    (["--lr_scheduler=StepLR"], ["unrecognized arguments", "--lr_scheduler"]),
 ]
 
 
