@@ -117,10 +117,13 @@ def report_changed_hyperparameters(
 
 
 def latest_last_checkpoint(log_root: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The most recently written readable ``last.ckpt`` under ``log_root`` (``version_*/checkpoints/``)
+    """The most recently written readable ``last.ckpt`` under ``log_root`` (``version_*/checkpoints/``
+    or ``checkpoints/``)
     and its contents. A newer one that cannot be read (cut short by a full disk, say) is skipped,
     with one line saying so."""
-    candidates = sorted(log_root.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    # checkpoints/ directly under the root: a run without a logger (``trainer.logger: false``)
+    found = [*log_root.glob("version_*/checkpoints/last.ckpt"), *log_root.glob("checkpoints/last.ckpt")]
+    candidates = sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
     for path in candidates:
         try:
             return path, read_checkpoint(path)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from jsonargparse import ArgumentError, auto_cli
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
@@ -33,8 +33,12 @@ from lit_dqn.module import DQN, NonFiniteLossError
 from lit_dqn.rollout import StopRequested
 from lit_dqn.video import record_checkpoint
 
-# Named checkpoints Lightning resolves itself from the current run's ModelCheckpoint.
-_LIGHTNING_CKPT_NAMES = {"best", "hpc", "registry"}
+# Named checkpoints Lightning resolves itself: SLURM's requeue checkpoint in the root directory ...
+_LIGHTNING_CKPT_NAMES = {"hpc"}
+# ... and names that mean something only after a fit in the same process (or to Lightning's model registry).
+_IN_PROCESS_CKPT_NAMES = {"best", "registry"}
+# What DQN._log_returns logs at each validation, the values EarlyStopping and ModelCheckpoint can follow.
+MONITORED = ("val/return_mean", "val/return_std", "step")
 # ``validate`` and ``test`` score a checkpoint; this name says the untrained network is meant.
 UNTRAINED = "untrained"
 
@@ -86,6 +90,11 @@ class DQNCLI(LightningCLI):
         self._checkpoint: tuple[str | None, dict | None] = (None, None)
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path in _IN_PROCESS_CKPT_NAMES:
+            raise ConfigError(
+                f"ckpt_path={ckpt_path!r} names a checkpoint of a fit in this same Python process: give the file "
+                "(lightning_logs/version_N/checkpoints/best-....ckpt), a run directory, or 'last'"
+            )
         if ckpt_path is not None and ckpt_path not in {"last", UNTRAINED, *_LIGHTNING_CKPT_NAMES}:
             found = str(checkpoint_in(Path(ckpt_path)))
             if found != ckpt_path:
@@ -194,7 +203,10 @@ class DQNCLI(LightningCLI):
             root = Path(logger.root_dir) if logger is not None else Path(self.trainer.default_root_dir)
             found = latest_last_checkpoint(root)
             if found is None:
-                raise ConfigError(f"ckpt_path='last' found no readable {root}/version_*/checkpoints/last.ckpt")
+                raise ConfigError(
+                    f"ckpt_path='last' found no readable {root}/version_*/checkpoints/last.ckpt "
+                    f"(or {root}/checkpoints/last.ckpt)"
+                )
             path, checkpoint = found
             ckpt_path = cached_path = str(path)
             self.config_init[subcommand]["ckpt_path"] = ckpt_path
@@ -300,12 +312,21 @@ def _check_trainer_flags(trainer: Trainer) -> None:
             "the networks train in float32; use 32-true, or 16-mixed or bf16-mixed (autocast)"
         )
     interval = getattr(trainer, "val_check_interval", None)  # a time-based interval sets no such attribute
+    if isinstance(interval, int) and interval < 1:
+        raise ConfigError(f"trainer.val_check_interval={interval} must be at least 1 (updates between validations)")
     endless = trainer.limit_train_batches == 1.0 and isinstance(trainer.limit_train_batches, float)
     if trainer.check_val_every_n_epoch is not None and isinstance(interval, float) and endless:
         raise ConfigError(
             f"trainer.val_check_interval={interval:g} is a fraction of an epoch, and the replay stream is one "
             "endless epoch, so validation would never run: give it in updates (an int, e.g. 1000)"
         )
+    for callback in trainer.callbacks:
+        monitor = getattr(callback, "monitor", None) if isinstance(callback, EarlyStopping | ModelCheckpoint) else None
+        if monitor is not None and monitor not in MONITORED:
+            raise ConfigError(
+                f"{type(callback).__name__} monitors {monitor!r}, which callbacks never see: monitor "
+                f"{' or '.join(MONITORED)} (train/* scalars go to the loggers only)"
+            )
     for key in ("limit_val_batches", "limit_test_batches"):
         value = getattr(trainer, key)
         if isinstance(value, float) and 0.0 < value < 1.0:

@@ -322,7 +322,7 @@ class DQN(L.LightningModule):
             errors = td_errors(outputs, actions, targets) if distribution is None else losses.detach()
             batch.update_priorities(indices, errors)
 
-        if is_logging_step(self.trainer, batch_idx):
+        if is_logging_step(self.trainer, self.global_step):  # global_step counts this update already
             self._check_loss_finite()
             write_scalars(
                 self.trainer,

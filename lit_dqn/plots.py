@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
 
 from lit_dqn.episodes import EpisodeStatistics
+from lit_dqn.scalars import run_dir
 
 
 class Validation(NamedTuple):
@@ -105,12 +106,13 @@ class TrainingPlot(L.Callback):
         statistics = EpisodeStatistics.of(trainer)
         if statistics is None or not statistics.durations:
             return
-        if not trainer.is_global_zero or logger is None or logger.log_dir is None:
+        log_dir = run_dir(trainer)
+        if not trainer.is_global_zero or log_dir is None:
             return
         figure = plot_episodes(
             statistics.returns,
             statistics.durations,
-            Path(logger.log_dir) / self.filename,
+            log_dir / self.filename,
             self.validations,
             self._threshold(trainer),
             self._kept(trainer),

@@ -7,17 +7,28 @@ loggers at their own x axis, and are in TensorBoard but not in ``trainer.callbac
 ``val/*`` and ``test/*`` go through ``self.log``.
 """
 
+from pathlib import Path
+
 import lightning as L
 
 
-def is_logging_step(trainer: L.Trainer, batch_idx: int) -> bool:
-    """Whether this batch is a ``trainer.log_every_n_steps``-th one, when Lightning writes logs (the
-    replay stream is one endless epoch, so ``batch_idx`` counts every batch)."""
+def is_logging_step(trainer: L.Trainer, update: int) -> bool:
+    """Whether ``update`` (counted from 1, across epochs: finite ones restart ``batch_idx``) is a
+    ``trainer.log_every_n_steps``-th one, when Lightning writes logs."""
     every = trainer.log_every_n_steps
-    return every > 0 and (batch_idx + 1) % every == 0
+    return every > 0 and update % every == 0
 
 
 def write_scalars(trainer: L.Trainer, metrics: dict[str, float], step: int) -> None:
     """Scalars that are already what they say, to every logger at x = ``step``."""
     for logger in trainer.loggers:
         logger.log_metrics(metrics, step=step)
+
+
+def run_dir(trainer: L.Trainer) -> Path | None:
+    """Where a run's plots and videos go: the logger's version folder, or without a logger
+    ``trainer.default_root_dir``, where Lightning then puts the checkpoints."""
+    logger = trainer.logger
+    if logger is None:
+        return Path(trainer.default_root_dir)
+    return Path(logger.log_dir) if logger.log_dir is not None else None

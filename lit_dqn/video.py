@@ -28,6 +28,7 @@ from lit_dqn.envs import EVAL_STEP_CAP, EnvSpec
 from lit_dqn.module import DQN
 from lit_dqn.networks import greedy_actions
 from lit_dqn.rollout import check_stop, stop_on_signals
+from lit_dqn.scalars import run_dir
 
 VIDEO_EXTRA = 'pip install "lit-dqn[video]"'
 
@@ -215,11 +216,11 @@ class GreedyVideo(L.Callback):
         self.fps = fps
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        logger = trainer.logger
-        if self.episodes < 1 or not trainer.is_global_zero or logger is None or logger.log_dir is None:
+        log_dir = run_dir(trainer)
+        if self.episodes < 1 or not trainer.is_global_zero or log_dir is None:
             return
         q_net, source = self._best_network(trainer, pl_module)
-        folder = Path(logger.log_dir) / "videos" / source
+        folder = log_dir / "videos" / source
         datamodule = trainer.datamodule
         try:
             recordings, frames = record_episodes(
@@ -235,8 +236,8 @@ class GreedyVideo(L.Callback):
             )
         if not has_mp4_encoder():
             print(f"Videos are GIF: mp4 needs the video extra: {VIDEO_EXTRA}", file=sys.stderr)
-        if isinstance(logger, TensorBoardLogger):
-            add_video_to_tensorboard(logger, "video/greedy", frames, trainer.global_step, recordings[0].fps)
+        if isinstance(trainer.logger, TensorBoardLogger):
+            add_video_to_tensorboard(trainer.logger, "video/greedy", frames, trainer.global_step, recordings[0].fps)
 
     @staticmethod
     def _best_network(trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[torch.nn.Module, str]:

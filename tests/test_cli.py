@@ -9,6 +9,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lit_dqn import DQN, EpisodeStatistics, GymDataModule
+from lit_dqn.checkpoints import latest_last_checkpoint
 from lit_dqn.cli import DQNCLI
 
 from .conftest import CONFIG, ROOT, SHORT_FIT, FitRun, make_cli, run_cli
@@ -216,6 +217,27 @@ def test_mixed_precision_trains_with_clipping(precision: str, tmp_path) -> None:
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert cli.trainer.global_step == 20 and all(np.isfinite(recorder.losses))
     assert cli.model.hparams.grad_clip_value is not None
+
+
+def test_train_scalars_keep_their_pace_across_finite_epochs(tmp_path) -> None:
+    """Three epochs of 50 updates: ``train/*`` every 20 updates of the run, not of each epoch."""
+    epochs = ["--trainer.max_steps=-1", "--trainer.max_epochs=3", "--trainer.limit_train_batches=50"]
+    cli, _ = make_cli(tmp_path, *epochs, "--trainer.log_every_n_steps=20", "--trainer.val_check_interval=1000")
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert cli.trainer.global_step == 150
+    events = read_events(tmp_path / "lightning_logs/version_0")
+    assert [e.step for e in events.Scalars("train/loss")] == [20, 40, 60, 80, 100, 120, 140]
+
+
+def test_without_a_logger_plots_videos_and_last_go_to_the_root_dir(tmp_path, monkeypatch) -> None:
+    """``trainer.logger: false``: the configured plot and video are written where Lightning puts the
+    checkpoints (``default_root_dir``), and ``--ckpt_path last`` finds ``checkpoints/last.ckpt`` there."""
+    cli, _ = make_cli(tmp_path, "--trainer.logger=false", "--trainer.max_steps=60", *SMALL_WARMUP)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert (tmp_path / "episode_durations.png").is_file()
+    assert list((tmp_path / "videos").rglob("episode-0.*"))
+    found = latest_last_checkpoint(tmp_path)
+    assert found is not None and found[0] == tmp_path / "checkpoints/last.ckpt"
 
 
 @pytest.mark.parametrize("listed", [False, True], ids=["added", "listed-in-the-config"])

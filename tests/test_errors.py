@@ -69,6 +69,12 @@ BAD_INPUTS = [
         ["--trainer.check_val_every_n_epoch=1", "--trainer.val_check_interval=0.001"],
         ["trainer.val_check_interval=0.001", "validation would never run", "in updates"],
     ),
+    (["--trainer.val_check_interval=0"], ["trainer.val_check_interval=0", "at least 1"]),
+    (
+        ["--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor=val/retrun_mean"],
+        ["EarlyStopping monitors 'val/retrun_mean'", "val/return_mean"],
+    ),
+    (["--ckpt_path=best"], ["ckpt_path='best'", "same Python process", "'last'"]),
     (["--optimizer=SGD"], ["unrecognized arguments", "--optimizer"]),
     (["--lr_scheduler=StepLR"], ["unrecognized arguments", "--lr_scheduler"]),
 ]
