@@ -56,13 +56,10 @@ class DQNCLI(LightningCLI):
     directory, and a checkpoint path is checked before training starts.
 
     The module makes its own optimizer (AMSGrad AdamW at ``model.lr``), so Lightning's
-    ``--optimizer`` and ``--lr_scheduler`` are not offered: in manual optimization a scheduler
-    would never be stepped, and another optimizer would silently take the module's learning rate.
+    ``--optimizer`` and ``--lr_scheduler`` are refused: in manual optimization a scheduler would
+    never be stepped, and another optimizer would silently take the module's learning rate. (They
+    stay in the parser, so the ``optimizer: null`` of every saved ``config.yaml`` still loads.)
     """
-
-    def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault("auto_configure_optimizers", False)
-        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
         # The env decides the network's sizes, so a config never repeats them; logs and checkpoints
@@ -92,7 +89,8 @@ class DQNCLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path in _IN_PROCESS_CKPT_NAMES:
             raise ConfigError(
-                f"ckpt_path={ckpt_path!r} names a checkpoint of a fit in this same Python process: give the file "
+                f"ckpt_path={ckpt_path!r} names a checkpoint Lightning finds only after a fit in the same Python "
+                "process (or in its model registry): give the file "
                 "(lightning_logs/version_N/checkpoints/best-....ckpt), a run directory, or 'last'"
             )
         if ckpt_path is not None and ckpt_path not in {"last", UNTRAINED, *_LIGHTNING_CKPT_NAMES}:
@@ -157,8 +155,14 @@ class DQNCLI(LightningCLI):
             trainer = super().instantiate_trainer(**kwargs)
         except (ValueError, MisconfigurationException) as error:  # e.g. an accelerator this machine lacks
             raise ConfigError(f"trainer: {str(error).strip().splitlines()[0]}") from None
+        for key in ("optimizer", "lr_scheduler"):
+            if (self.config_init[self.subcommand] if self.subcommand else self.config_init).get(key) is not None:
+                raise ConfigError(
+                    f"--{key} is not used: the module makes its own optimizer, AMSGrad AdamW at model.lr "
+                    "(manual optimization: Lightning would never step a scheduler)"
+                )
         _check_writable(Path(trainer.default_root_dir))
-        _check_trainer_flags(trainer)
+        _check_trainer_flags(trainer, fitting=self.subcommand in (None, "fit"))
         if config.get("min_epochs") is None:
             # Lightning makes min_steps imply min_epochs=1, and the replay stream's one epoch never
             # ends: every stop (EarlyStopping, model.max_episodes, Ctrl-C) would wait for max_steps.
@@ -290,7 +294,7 @@ def tune(args: list[str]) -> int:
     return tune_main(args)
 
 
-def _check_trainer_flags(trainer: Trainer) -> None:
+def _check_trainer_flags(trainer: Trainer, fitting: bool) -> None:
     """Trainer flags that cannot work with one DQN update per batch of an endless replay stream, each
     one line now rather than a traceback at the first update, or a flag silently without effect."""
     clip = next(
@@ -315,7 +319,8 @@ def _check_trainer_flags(trainer: Trainer) -> None:
     if isinstance(interval, int) and interval < 1:
         raise ConfigError(f"trainer.val_check_interval={interval} must be at least 1 (updates between validations)")
     endless = trainer.limit_train_batches == 1.0 and isinstance(trainer.limit_train_batches, float)
-    if trainer.check_val_every_n_epoch is not None and isinstance(interval, float) and endless:
+    fraction = isinstance(interval, float) and interval < 1.0  # 1.0, the default, validates at an epoch's end
+    if fitting and trainer.check_val_every_n_epoch is not None and fraction and endless:
         raise ConfigError(
             f"trainer.val_check_interval={interval:g} is a fraction of an epoch, and the replay stream is one "
             "endless epoch, so validation would never run: give it in updates (an int, e.g. 1000)"

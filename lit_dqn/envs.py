@@ -426,14 +426,21 @@ def _mask_source(env: gym.Env) -> tuple[Literal["info", "method", "reset"] | Non
     reset and, for masks in the info, its first step: ``reset`` where only the reset's info has one
     (every later step would then count every action valid)."""
     _, info = env.reset(seed=0)
+    method = env.has_wrapper_attr("action_masks")
     if "action_mask" in info:
         mask = np.asarray(info["action_mask"]).astype(bool).ravel()
+        if not isinstance(env.action_space, gym.spaces.Discrete):
+            return "info", mask.size  # EnvSpec.check refuses the action space in one line
         valid = np.flatnonzero(mask)
-        action = int(env.action_space.start) + (int(valid[0]) if valid.size else 0)
-        _, _, terminated, truncated, step_info = env.step(action)
+        _, _, terminated, truncated, step_info = env.step(
+            int(env.action_space.start) + int(valid[0] if valid.size else 0)
+        )
         ended = terminated or truncated  # an episode's last info may leave the mask out: nothing acts on it
-        return "info" if ended or "action_mask" in step_info else "reset", mask.size
-    if env.has_wrapper_attr("action_masks"):
+        if ended or "action_mask" in step_info:
+            return "info", mask.size
+        if not method:
+            return "reset", mask.size
+    if method:
         return "method", int(np.asarray(env.get_wrapper_attr("action_masks")()).size)
     return None, 0
 

@@ -57,7 +57,7 @@ class EpisodeStatistics(L.Callback):
                 self._pending.extend(batch.finished)
             self.progress["return"], self.progress["duration"] = batch.finished[-1]
         self.progress["eps"] = round(batch.epsilon, 3)
-        if is_logging_step(trainer, trainer.global_step):  # after this batch's update
+        if is_logging_step(trainer, trainer.global_step + 1):  # this batch's update, about to be made
             self._gather(trainer)
             self._log_means(trainer)
 

@@ -287,8 +287,8 @@ def record_checkpoint(
     model = DQN(**{"obs_layout": checked.image_layout, **{k: v for k, v in hparams.items() if not k.startswith("_")}})
     model.policy_net.load_state_dict(weights)
     path = Path(ckpt_path)
-    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    folder = Path(output_dir) if output_dir is not None else run_dir / "videos" / path.stem
+    run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    folder = Path(output_dir) if output_dir is not None else run / "videos" / path.stem
     seed = data.get("test_seed", 0) if seed is None else seed
     recordings, _ = record_episodes(greedy_policy(model.policy_net.eval()), spec, folder, episodes, seed, fps)
     for recording in recordings:

@@ -149,6 +149,13 @@ class ResetOnlyMask(Strict):
         return obs, reward, terminated, truncated, {}
 
 
+class ResetOnlyMaskMethod(ResetOnlyMask):
+    """``ResetOnlyMask`` with an ``action_masks()`` method too, which gives every step's mask."""
+
+    def action_masks(self) -> np.ndarray:
+        return self._mask.astype(bool)
+
+
 class Tiny(gym.Env):
     """uint8 images of 2x2 pixels, 3 channels last: smaller than any convolution here."""
 
@@ -195,6 +202,7 @@ gym.register("Parts-v0", entry_point=Parts, max_episode_steps=20)
 gym.register("Strict-v0", entry_point=Strict, max_episode_steps=20)
 gym.register("StrictMethod-v0", entry_point=StrictMethod, max_episode_steps=20)
 gym.register("ResetOnlyMask-v0", entry_point=ResetOnlyMask, max_episode_steps=20)
+gym.register("ResetOnlyMaskMethod-v0", entry_point=ResetOnlyMaskMethod, max_episode_steps=20)
 gym.register("Tiny-v0", entry_point=Tiny, max_episode_steps=20)
 gym.register("Endless-v0", entry_point=Endless)  # no max_episode_steps
 gym.register("Grid-v0", entry_point=Grid, max_episode_steps=20)

@@ -201,6 +201,15 @@ def test_max_episodes_stops_training(tmp_path) -> None:
     assert ckpt["global_step"] < 600
 
 
+def test_a_config_saved_by_an_earlier_version_still_loads(tmp_path) -> None:
+    """Every saved ``config.yaml`` has ``optimizer: null`` and ``lr_scheduler: null`` (LightningCLI's keys,
+    which only a value other than null is refused for)."""
+    saved = tmp_path / "config.yaml"
+    saved.write_text("optimizer: null\nlr_scheduler: null\n")
+    cli, _ = make_cli(tmp_path, "--config", str(saved), "--trainer.max_steps=10")
+    assert isinstance(cli.model, DQN)
+
+
 def test_min_steps_delays_a_stop_only_until_it_is_reached(tmp_path) -> None:
     """``model.max_episodes`` asks to stop at once; ``trainer.min_steps`` holds it off to step 250,
     no further (Lightning's implied ``min_epochs=1`` would hold it to max_steps: the epoch is endless)."""

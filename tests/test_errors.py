@@ -74,9 +74,9 @@ BAD_INPUTS = [
         ["--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor=val/retrun_mean"],
         ["EarlyStopping monitors 'val/retrun_mean'", "val/return_mean"],
     ),
-    (["--ckpt_path=best"], ["ckpt_path='best'", "same Python process", "'last'"]),
-    (["--optimizer=SGD"], ["unrecognized arguments", "--optimizer"]),
-    (["--lr_scheduler=StepLR"], ["unrecognized arguments", "--lr_scheduler"]),
+    (["--ckpt_path=best"], ["ckpt_path='best'", "after a fit in the same Python", "'last'"]),
+    (["--optimizer=SGD"], ["--optimizer is not used", "AdamW at model.lr"]),
+    (["--lr_scheduler=StepLR", "--lr_scheduler.step_size=50"], ["--lr_scheduler is not used", "never step"]),
 ]
 
 

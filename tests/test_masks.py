@@ -137,4 +137,5 @@ def test_masks_asked_of_an_env_that_has_none_is_one_line() -> None:
     # masks in the reset's info only: every later step would count every action valid, silently
     with pytest.raises(ConfigError, match=r"ResetOnlyMask-v0 gives info\['action_mask'\] from reset only"):
         data_for("tests.own_envs:ResetOnlyMask-v0")
+    assert EnvSpec("tests.own_envs:ResetOnlyMaskMethod-v0", action_masks=True).masks().source == "method"
     assert EnvSpec("CartPole-v1").masks() is None  # masks off: nothing read
