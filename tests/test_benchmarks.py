@@ -141,8 +141,10 @@ def test_soak_samples_memory_and_files() -> None:
     out = run_script("benchmarks/soak.py", "--env-steps", "2000", "--every", "1000")
     rows = [line.split() for line in out.splitlines() if line.split() and line.split()[0].isdigit()]
     env_steps = [int(row[0]) for row in rows]
-    assert len(rows) >= 2 and env_steps == sorted(env_steps) and env_steps[-1] >= 2000, out
-    assert len({row[3] for row in rows}) == 1  # open file descriptors do not grow
+    assert len(rows) >= 3 and env_steps == sorted(env_steps) and env_steps[-1] >= 2000, out
+    # open file descriptors do not grow, once the first logging step (update 100, after the first row)
+    # has opened what is opened lazily: CI under load once read 4 at the first row, 5 at the others
+    assert len({row[3] for row in rows[1:]}) == 1, out
     assert "peak RSS" in out and "buffer storage" in out
 
 
