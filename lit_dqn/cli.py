@@ -147,7 +147,8 @@ class DQNCLI(LightningCLI):
         return named
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
-        config = (self.config_init[self.subcommand] if self.subcommand else self.config_init)["trainer"]
+        section = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        config = section["trainer"]
         if config.get("enable_progress_bar") is False and isinstance(config.get("callbacks"), list):
             # The configs list a progress bar; turning the bar off means leaving it out, not an error.
             config["callbacks"] = [cb for cb in config["callbacks"] if not isinstance(cb, ProgressBar)]
@@ -156,7 +157,7 @@ class DQNCLI(LightningCLI):
         except (ValueError, MisconfigurationException) as error:  # e.g. an accelerator this machine lacks
             raise ConfigError(f"trainer: {str(error).strip().splitlines()[0]}") from None
         for key in ("optimizer", "lr_scheduler"):
-            if (self.config_init[self.subcommand] if self.subcommand else self.config_init).get(key) is not None:
+            if section.get(key) is not None:
                 raise ConfigError(
                     f"--{key} is not used: the module makes its own optimizer, AMSGrad AdamW at model.lr "
                     "(manual optimization: Lightning would never step a scheduler)"
