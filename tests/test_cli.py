@@ -207,7 +207,12 @@ def test_a_config_saved_by_an_earlier_version_still_loads(tmp_path) -> None:
     saved = tmp_path / "config.yaml"
     saved.write_text("optimizer: null\nlr_scheduler: null\n")
     cli, _ = make_cli(tmp_path, "--config", str(saved), "--trainer.max_steps=10")
-    assert isinstance(cli.model, DQN)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)  # warm-up of 1000 env steps, then 10 updates
+    optimizer = cli.model.optimizers(use_pl_optimizer=False)
+    assert (
+        isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["amsgrad"]
+    )  # the module's own, not one of the CLI's
+    assert cli.trainer.global_step == 10
 
 
 def test_min_steps_delays_a_stop_only_until_it_is_reached(tmp_path) -> None:
