@@ -162,10 +162,34 @@ def _learning_rate(value: float | str) -> Any:
     return value
 
 
+def _progress(name: str, n_timesteps: int, stream: Any) -> Any:
+    """An SB3 callback that prints a line to ``stream`` at each tenth of the budget, so a run of hours
+    shows how far it got. It only reads the step counter: learning is unchanged."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class Progress(BaseCallback):
+        def _on_training_start(self) -> None:
+            self.start = time.perf_counter()
+            self.next = n_timesteps // 10
+
+        def _on_step(self) -> bool:
+            if self.num_timesteps >= self.next:
+                minutes = (time.perf_counter() - self.start) / 60
+                print(
+                    f"{name}: {self.num_timesteps:,}/{n_timesteps:,} env steps, {minutes:.1f} min",
+                    file=stream,
+                )
+                self.next += n_timesteps // 10
+            return True
+
+    return Progress()
+
+
 def sb3_seed(job: tuple[str, str, int, float, int | None, int, int, int]) -> dict:
     """Train SB3's DQN (or sb3-contrib's QR-DQN) as rl-zoo3 does, then score its greedy policy on
     lit_dqn's test episodes."""
     algo, env_id, seed, threshold, budget, test_episodes, test_seed, threads = job
+    progress = os.fdopen(os.dup(2), "w", buffering=1)  # the terminal, kept before _quiet() silences stderr
     _quiet()
     torch.set_num_threads(threads)
     from stable_baselines3.common.monitor import Monitor
@@ -186,7 +210,7 @@ def sb3_seed(job: tuple[str, str, int, float, int | None, int, int, int]) -> dic
     env = Monitor(gym.make(env_id))  # rl-zoo3 uses one env (n_envs=1) for these
     model = Algorithm("MlpPolicy", env, seed=seed, verbose=0, device="cpu", **hyperparams)
     start = time.perf_counter()
-    model.learn(n_timesteps)
+    model.learn(n_timesteps, callback=_progress(f"{SB3_AGENTS[algo][0]} {env_id} seed {seed}", n_timesteps, progress))
     learn_s = time.perf_counter() - start
     env.close()
 
