@@ -68,6 +68,7 @@ class DQNCLI(LightningCLI):
         parser.link_arguments("data.n_actions", "model.n_actions", apply_on="instantiate")
         parser.link_arguments("data.obs_shape", "model.obs_shape", apply_on="instantiate")
         parser.link_arguments("data.obs_layout", "model.obs_layout", apply_on="instantiate")
+        parser.link_arguments("data.obs_high", "model.obs_high", apply_on="instantiate")
         parser.link_arguments("trainer.default_root_dir", "trainer.logger.init_args.save_dir", _root_or_cwd)
 
     def parse_arguments(self, parser, args) -> None:

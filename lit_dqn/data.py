@@ -291,6 +291,15 @@ class GymDataModule(L.LightningDataModule):
         return {np.dtype(np.uint8): torch.uint8, np.dtype(np.bool_): torch.bool}[self.observation_space.dtype]
 
     @property
+    def obs_high(self) -> float:
+        """What the network divides uint8 image frames by: the image Box's ``high`` (its largest, if
+        it varies by pixel; 255 for Atari's frames), so an env's 0/1 uint8 pixels are not scaled
+        down to 0/0.004. 255, unused, for bool frames and flat observations."""
+        if self.obs_dtype != torch.uint8:
+            return 255.0
+        return max(float(self.observation_space.high.max()), 1.0)  # a Box whose high is 0 gives only 0s
+
+    @property
     def n_actions(self) -> int:
         """Number of discrete actions: the Q-network's output size."""
         return self._n_actions

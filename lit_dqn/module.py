@@ -119,6 +119,10 @@ class DQN(L.LightningModule):
         obs_layout: where an image observation's channels are, linked from ``data.obs_layout`` by
             the CLI (the env spec decides it, ``data.image_layout`` overrides): ``channels_first`` or
             ``channels_last``; ``None`` for a flat observation.
+        obs_high: what uint8 image frames are divided by, so their pixels reach the CNN in [0, 1]:
+            the image Box's ``high``, linked from ``data.obs_high`` by the CLI (255 for Atari's
+            frames, and the default, as checkpoints written before it existed were trained; 1 for
+            an env whose uint8 pixels are 0 or 1). Bool frames and flat observations do not use it.
     """
 
     def __init__(
@@ -148,6 +152,7 @@ class DQN(L.LightningModule):
         max_episodes: int | None = None,
         obs_shape: Sequence[int] | None = None,
         obs_layout: ImageLayout | None = None,
+        obs_high: float = 255.0,
     ) -> None:
         super().__init__()
         check_sizes("model.hidden_sizes", hidden_sizes)
@@ -169,6 +174,7 @@ class DQN(L.LightningModule):
             raise ConfigError(f"model.v_min={v_min!r} is not allowed: it must be below model.v_max={v_max!r}")
         check_interval("model.num_quantiles", num_quantiles, 1, math.inf)
         check_positive("model.noisy_sigma0", noisy_sigma0)
+        check_positive("model.obs_high", obs_high)
         self.save_hyperparameters()
         # The update is written out in training_step (zero_grad, backward, clip, step), which reads
         # top to bottom like the tutorial and skips the closure machinery of automatic optimization.
@@ -194,6 +200,7 @@ class DQN(L.LightningModule):
             image_layout=obs_layout,
             distribution=distribution,
             noisy_sigma0=noisy_sigma0 if noisy else None,
+            image_high=obs_high,
         )
         self.target_net = copy.deepcopy(self.policy_net).requires_grad_(False)
         # Noisy nets: both nets' noisy layers, and the seed of the generator that draws their noise

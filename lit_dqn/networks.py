@@ -39,14 +39,17 @@ class ImageEncoder(nn.Module):
     ``layout`` says where the channels are: Atari's stacked frames ``(4, 84, 84)`` are channels
     first, MinAtar's grids ``(10, 10, C)`` channels last (``(10, 10, 10)`` for Seaquest, which no
     rule on the shape could tell). Inputs become float here, on the model's device, so replay
-    stores compact frames: uint8 scaled to [0, 1], bool as 0/1.
+    stores compact frames: uint8 divided by ``high``, the image Box's high (255 for Atari's frames,
+    1 for an env whose uint8 pixels are 0 or 1), so every env's pixels reach the CNN in [0, 1];
+    bool as 0/1.
     """
 
-    def __init__(self, obs_shape: Sequence[int], layout: ImageLayout) -> None:
+    def __init__(self, obs_shape: Sequence[int], layout: ImageLayout, high: float = 255.0) -> None:
         super().__init__()
         if layout not in ("channels_first", "channels_last"):
             raise ValueError(f"image layout must be channels_first or channels_last, got {layout!r}")
         self.channels_last = layout == "channels_last"
+        self.high = float(high)  # a plain attribute, not a buffer: checkpoints' state dicts are unchanged
         channels, height, width = (obs_shape[2], obs_shape[0], obs_shape[1]) if self.channels_last else tuple(obs_shape)
         if min(height, width) >= 36:
             layers = [
@@ -62,20 +65,22 @@ class ImageEncoder(nn.Module):
 
     def forward(self, obs: Tensor) -> Tensor:
         """Features ``[B, out_features]`` of images ``[B, *obs_shape]``."""
-        x = obs.float() / 255.0 if obs.dtype == torch.uint8 else obs.float()
+        x = obs.float() / self.high if obs.dtype == torch.uint8 else obs.float()
         if self.channels_last:
             x = x.permute(0, 3, 1, 2)  # [B, C, H, W]
         return self.convs(x)
 
 
-def torso(obs_shape: Sequence[int], image_layout: ImageLayout | None) -> tuple[nn.Module | None, int]:
+def torso(
+    obs_shape: Sequence[int], image_layout: ImageLayout | None, image_high: float = 255.0
+) -> tuple[nn.Module | None, int]:
     """The image encoder (``None`` for a flat observation) and the width it hands to the MLP."""
     if is_image(obs_shape):
         if image_layout is None:
             raise ValueError(
                 f"an image observation {tuple(obs_shape)} needs its layout: channels_first or channels_last"
             )
-        encoder = ImageEncoder(obs_shape, image_layout)
+        encoder = ImageEncoder(obs_shape, image_layout, image_high)
         return encoder, encoder.out_features
     return None, int(torch.tensor(obs_shape).prod())
 
@@ -206,10 +211,11 @@ class QNetwork(QHead):
         image_layout: ImageLayout | None = None,
         distribution: Distribution | None = None,
         noisy_sigma0: float | None = None,
+        image_high: float = 255.0,
     ) -> None:
         super().__init__()
         self.n_actions = n_actions
-        self.encoder, width = torso(obs_shape or (obs_dim,), image_layout)
+        self.encoder, width = torso(obs_shape or (obs_dim,), image_layout, image_high)
         linear = head_linear(noisy_sigma0)
         layers, width = mlp(width, hidden_sizes[:-1])
         head, width = mlp(width, hidden_sizes[-1:], linear)
@@ -245,12 +251,13 @@ class DuelingQNetwork(QHead):
         image_layout: ImageLayout | None = None,
         distribution: Distribution | None = None,
         noisy_sigma0: float | None = None,
+        image_high: float = 255.0,
     ) -> None:
         super().__init__()
         if not hidden_sizes:
             raise ValueError("a dueling Q-network needs at least one hidden layer for its streams")
         self.n_actions = n_actions
-        self.encoder, width = torso(obs_shape or (obs_dim,), image_layout)
+        self.encoder, width = torso(obs_shape or (obs_dim,), image_layout, image_high)
         layers, width = mlp(width, hidden_sizes[:-1])
         self.torso = nn.Sequential(*layers)
         stream, size = hidden_sizes[-1], 1 if distribution is None else distribution.size

@@ -81,6 +81,23 @@ class Grid(gym.Env):
         return self.np_random.random((10, 10, 10)) < 0.1, 0.0, False, False, {}
 
 
+class Pixels(gym.Env):
+    """uint8 images ``(10, 10, 3)`` whose pixels run from 0 to ``high``: 1 for a binary grid that an
+    env author stores as bytes, 255 for a camera's."""
+
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, high: int = 1) -> None:
+        self.observation_space = gym.spaces.Box(0, high, shape=(10, 10, 3), dtype=np.uint8)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        return self.observation_space.sample(), {}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        return self.observation_space.sample(), 0.0, False, False, {}
+
+
 class Counting(gym.Wrapper):
     """A user's own wrapper with an init arg: adds ``bonus`` to every reward."""
 
@@ -206,6 +223,7 @@ gym.register("ResetOnlyMaskMethod-v0", entry_point=ResetOnlyMaskMethod, max_epis
 gym.register("Tiny-v0", entry_point=Tiny, max_episode_steps=20)
 gym.register("Endless-v0", entry_point=Endless)  # no max_episode_steps
 gym.register("Grid-v0", entry_point=Grid, max_episode_steps=20)
+gym.register("Pixels-v0", entry_point=Pixels, max_episode_steps=20)
 gym.register(
     "SameStep-v0",
     entry_point="gymnasium.envs.classic_control.cartpole:CartPoleEnv",

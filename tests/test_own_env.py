@@ -195,6 +195,26 @@ def test_every_minatar_game_builds_a_channels_last_network(game: str, tmp_path) 
         assert torch.equal(encoder(frames), expected)
 
 
+@pytest.mark.parametrize("high", [1, 255])
+def test_uint8_images_reach_the_cnn_in_0_1_whatever_their_box_high(high: int, tmp_path) -> None:
+    """An env whose uint8 pixels are 0 or 1 fed the CNN 0 or 1/255 when every uint8 frame was divided
+    by 255: it learned, slowly, with no message. The Box's high is the divisor, linked to the model."""
+    cli, _ = make_cli(
+        tmp_path, "--data.env_id=tests.own_envs:Pixels-v0", f"--data.env_kwargs={{high: {high}}}",
+        "--data.image_layout=channels_last", "--model.hidden_sizes=[16]", "--data.warmup_steps=32",
+        "--data.batch_size=8",
+    )  # fmt: skip
+    encoder = cli.model.policy_net.encoder
+    assert cli.model.hparams.obs_high == high and cli.model.target_net.encoder.high == high
+    frames = torch.full((2, 10, 10, 3), high, dtype=torch.uint8)  # every pixel at its brightest
+    with torch.no_grad():
+        assert torch.equal(encoder(frames), encoder.convs(torch.ones(2, 3, 10, 10)))
+    trainer = quick_trainer(tmp_path, 5, limit_val_batches=0, enable_checkpointing=False)
+    trainer.fit(cli.model, datamodule=cli.datamodule)
+    trainer.save_checkpoint(tmp_path / "pixels.ckpt")  # the divisor is a hyperparameter: loading keeps it
+    assert DQN.load_from_checkpoint(tmp_path / "pixels.ckpt").policy_net.encoder.high == high
+
+
 def test_an_image_env_of_no_known_family_says_its_layout(tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"shape \(10, 10, 10\).*set data.image_layout to channels_first"):
         GymDataModule("tests.own_envs:Grid-v0")
