@@ -5,6 +5,7 @@ import inspect
 import os
 import signal
 import sys
+import traceback
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -147,6 +148,21 @@ class DQNCLI(LightningCLI):
                 named |= {name} if name in keys else {key for key in keys if key.startswith(name)}
         return named
 
+    def instantiate_classes(self) -> None:
+        """A class the config names (a callback, a logger, a profiler) whose constructor refuses its
+        arguments is one line naming the key and the constructor's reason; jsonargparse would show
+        a traceback ending in every type the key could have held."""
+        try:
+            super().instantiate_classes()
+        except ConfigError:
+            raise
+        except ValueError as error:
+            key = _instantiated_key(error)
+            if key is None:
+                raise
+            reason = error.__cause__ or error.__context__ or error
+            raise ConfigError(f"{key}: {type(reason).__name__}: {one_line(reason)}") from None
+
     def instantiate_trainer(self, **kwargs) -> Trainer:
         section = self.config_init[self.subcommand] if self.subcommand else self.config_init
         config = section["trainer"]
@@ -223,6 +239,19 @@ class DQNCLI(LightningCLI):
         check_checkpoint_fits(checkpoint, self.model, ckpt_path)
         if subcommand == "fit":
             report_changed_hyperparameters(checkpoint, self.model, self.datamodule, ckpt_path)
+
+
+def _instantiated_key(error: BaseException) -> str | None:
+    """The config key (``trainer.callbacks``) whose class jsonargparse was building when ``error``
+    was raised, from its traceback; ``None`` if jsonargparse was not building one (a bug of ours,
+    which keeps its traceback)."""
+    keys = []
+    for frame, _ in traceback.walk_tb(error.__traceback__):
+        dest = getattr(frame.f_locals.get("self"), "dest", None)  # the argument (an action) being built
+        in_jsonargparse = "jsonargparse" in frame.f_code.co_filename and frame.f_code.co_name == "instantiate_classes"
+        if in_jsonargparse and isinstance(dest, str):
+            keys.append(dest)
+    return keys[-1] if keys else None
 
 
 def _check_writable(root: Path) -> None:

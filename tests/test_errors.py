@@ -74,6 +74,14 @@ BAD_INPUTS = [
         ["--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor=val/retrun_mean"],
         ["EarlyStopping monitors 'val/retrun_mean'", "val/return_mean"],
     ),
+    (  # a callback's own constructor refuses a value jsonargparse let through (mode is typed str)
+        [
+            "--trainer.callbacks+=EarlyStopping",
+            "--trainer.callbacks.monitor=val/return_mean",
+            "--trainer.callbacks.mode=maximum",
+        ],
+        ["trainer.callbacks: MisconfigurationException: `mode` can be min, max, got maximum"],
+    ),
     (["--ckpt_path=best"], ["ckpt_path='best'", "after a fit in the same Python", "'last'"]),
     (["--optimizer=SGD"], ["--optimizer is not used", "AdamW at model.lr"]),
     (["--lr_scheduler=StepLR", "--lr_scheduler.step_size=50"], ["--lr_scheduler is not used", "never step"]),
