@@ -100,8 +100,11 @@ def report_changed_hyperparameters(
         ),
     ]
 
-    def same(a: object, b: object) -> bool:  # a config gives tuples where a checkpoint has lists
-        sequences = (list, tuple)
+    def same(a: object, b: object) -> bool:
+        containers = (list, tuple, dict)
+        if a is None or b is None:  # no env_kwargs or wrappers is an empty dict or list: the same run
+            return a == b or (isinstance(a or b, containers) and not (a or b))
+        sequences = (list, tuple)  # a config gives tuples where a checkpoint has lists
         return list(a) == list(b) if isinstance(a, sequences) and isinstance(b, sequences) else a == b
 
     changed = [

@@ -14,8 +14,8 @@ import pytest
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lit_dqn import DQN, EpisodeStatistics
-from lit_dqn.checkpoints import AtomicCheckpointIO
+from lit_dqn import DQN, EpisodeStatistics, GymDataModule
+from lit_dqn.checkpoints import AtomicCheckpointIO, report_changed_hyperparameters
 from lit_dqn.cli import DQNCLI
 from lit_dqn.module import NonFiniteLossError
 from lit_dqn.rollout import EnvRunner, StopRequested
@@ -512,6 +512,18 @@ def test_kill_9_never_leaves_a_broken_latest_checkpoint(tmp_path: Path) -> None:
     resumed = tmp_path / "lightning_logs/version_1/checkpoints/last.ckpt"
     # it went on from the saved step (to step + 40, or earlier if early stopping saw the task solved)
     assert step < torch.load(resumed, weights_only=False)["global_step"] <= step + 40
+
+
+def test_the_resume_notice_names_real_differences_only(tmp_path: Path, capsys) -> None:
+    """No env_kwargs or wrappers (``None``, a checkpoint's default) and an empty ``{}`` or ``[]`` from
+    a config build the same env: not a difference to report. Another value is one."""
+    model = DQN(4, 2)
+    saved = {"env_id": "CartPole-v1", "env_kwargs": None, "wrappers": None}
+    checkpoint = {"hyper_parameters": dict(model.hparams), "datamodule_hyper_parameters": saved}
+    report_changed_hyperparameters(checkpoint, model, GymDataModule(env_kwargs={}, wrappers=[]), tmp_path / "x.ckpt")
+    assert capsys.readouterr().err == ""
+    report_changed_hyperparameters(checkpoint, model, GymDataModule(env_kwargs={"sutton_barto_reward": True}), "x")
+    assert "data.env_kwargs={'sutton_barto_reward': True} (checkpoint: None)" in capsys.readouterr().err
 
 
 def test_resume_takes_model_values_from_the_command_line(tmp_path: Path) -> None:
