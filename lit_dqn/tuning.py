@@ -18,7 +18,9 @@ study's config with the trial's values as dotted overrides, videos off, in its o
 - ``best_return``: the best greedy validation return (``val/return_mean``) of the run, maximised;
 - ``env_steps_to_solve``: the env steps at the first validation whose return reaches the threshold
   (the config's ``EarlyStopping`` ``stopping_threshold`` unless given), minimised; a seed that never
-  gets there counts twice the env steps it ran (worse than solving at its last validation).
+  gets there counts ``UNSOLVED_ENV_STEPS`` (10⁹) plus how far its best return fell short, so it
+  ranks below every seed that solves, whatever either's env-step budget, and a trial's mean over
+  seeds ranks first by how many seeds solved.
 
 With several seeds the value is their mean. A lit_dqn run is one endless epoch, so pruning cannot
 use Optuna's per-epoch Lightning callback: ``ValidationReport`` reports each validation's return at
@@ -438,10 +440,21 @@ class Objective:
         best = max(score for _, _, score in history)
         reached = [steps for _, steps, score in history if s.threshold is not None and score >= s.threshold]
         solved_at = reached[0] if reached else None
-        # Unsolved: twice the env steps it ran, worse than solving at the run's very last validation.
-        unsolved = 2.0 * env_steps
-        value = best if s.objective == "best_return" else float(solved_at) if reached else unsolved
+        value = best if s.objective == "best_return" else env_steps_to_solve(solved_at, best, s.threshold)
         return SeedResult(seed, value, best, updates, env_steps, solved_at, str(cli.trainer.log_dir))
+
+
+# What a run that never reaches the threshold counts, plus how far its best validation fell short:
+# more env steps than any run here takes to solve, so an unsolved run ranks below every solved one
+# whatever either's budget was (a searched data.updates_per_step makes one trial's max_steps 8x
+# another's in env steps), and the nearer miss ranks higher among the unsolved.
+UNSOLVED_ENV_STEPS = 1e9
+
+
+def env_steps_to_solve(solved_at: int | None, best: float, threshold: float) -> float:
+    """A seed's ``env_steps_to_solve`` value: the env steps at its first validation reaching
+    ``threshold``, or ``UNSOLVED_ENV_STEPS + (threshold - best)`` if none did."""
+    return float(solved_at) if solved_at is not None else UNSOLVED_ENV_STEPS + (threshold - best)
 
 
 def shown(url: str) -> str:
@@ -664,7 +677,7 @@ def tune(
         storage: an SQLAlchemy URL Optuna accepts (default: sqlite:///lightning_logs/tune/STUDY.db);
             postgresql://USER:PASSWORD@HOST/DB lets several machines share one study.
         objective: best_return (the best greedy validation return, maximised) or env_steps_to_solve (env
-            steps at the first validation reaching threshold, minimised; twice the run's env steps if never).
+            steps at the first validation reaching threshold, minimised; 1e9 plus the shortfall if never).
         threshold: the return that counts as solved (default: the config's EarlyStopping stopping_threshold).
         seeds: training seeds of every trial, its value their mean, e.g. --seeds 0 1 2 (default: the
             config's seed_everything).

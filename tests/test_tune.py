@@ -23,7 +23,15 @@ import torch  # noqa: E402
 from lit_dqn import DQN, GymDataModule  # noqa: E402
 from lit_dqn.checks import ConfigError  # noqa: E402
 from lit_dqn.cli import DQNCLI, main  # noqa: E402
-from lit_dqn.tuning import Parameter, check_search_space, load_search_space, open_storage, tune  # noqa: E402
+from lit_dqn.tuning import (  # noqa: E402
+    UNSOLVED_ENV_STEPS,
+    Parameter,
+    check_search_space,
+    env_steps_to_solve,
+    load_search_space,
+    open_storage,
+    tune,
+)
 
 from .conftest import CONFIG, ROOT  # noqa: E402
 
@@ -185,8 +193,19 @@ def test_env_steps_to_solve_counts_env_steps_to_the_first_validation_that_reache
         first_validation_env_steps = trial.user_attrs["history_seed_0"][0][1]
         if name == "reached":  # 100 warm-up env steps, then one per update up to update 100
             assert trial.value == seed["solved_at"] == first_validation_env_steps == 200
-        else:  # never solved: twice the env steps of the whole run
-            assert seed["solved_at"] is None and trial.value == 2 * seed["env_steps"] == 2 * 400
+        else:  # never solved: below any solved run, by how far its best return fell short
+            assert seed["solved_at"] is None and trial.value == UNSOLVED_ENV_STEPS + (threshold - seed["best_return"])
+
+
+def test_an_unsolved_seed_ranks_below_every_solved_one_whatever_its_env_step_budget() -> None:
+    """At updates_per_step 0.125 a trial's max_steps is 8x the env steps of one at 1: counting an
+    unsolved run by its own env steps ranked an unsolved trial of 1,000 env steps above one that
+    solved at 1,900."""
+    solved_late = env_steps_to_solve(1_900, best=85.4, threshold=30.0)
+    unsolved_short = env_steps_to_solve(None, best=28.2, threshold=30.0)
+    unsolved_far = env_steps_to_solve(None, best=9.4, threshold=30.0)
+    assert solved_late < unsolved_short < unsolved_far  # minimised: solved first, then the nearer miss
+    assert (solved_late + unsolved_short) / 2 < (unsolved_short + unsolved_far) / 2  # 1 of 2 seeds beats 0
 
 
 def test_two_workers_run_the_trials_asked_for_on_one_sqlite_study(tmp_path: Path) -> None:
