@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import hashlib
 import inspect
 import json
 import logging
@@ -75,8 +76,9 @@ from lit_dqn.video import GreedyVideo
 OBJECTIVES = {"best_return": "maximize", "env_steps_to_solve": "minimize"}
 DISTRIBUTIONS = ("float", "int", "categorical")
 VALIDATION_METRIC = "val/return_mean"
-# Study attributes a later command must match: the same study must mean the same experiment.
-STUDY_KEYS = ("config", "fit_args", "search", "objective", "threshold", "seeds")
+# Study attributes a later command must match: the same study must mean the same experiment. The
+# config is matched by its file's contents (``config_sha256``), not by how its path was written.
+STUDY_KEYS = ("fit_args", "search", "objective", "threshold", "seeds")
 
 
 @dataclass(frozen=True)
@@ -592,6 +594,17 @@ def create_study(settings: Settings) -> optuna.Study:
         raise ConfigError(
             f"study {settings.study_name!r} in {shown(settings.storage)} is {study.direction.name.lower()}d; "
             f"objective={settings.objective!r} needs {direction}: give another --study_name"
+        )
+    attrs = study.user_attrs  # a copy, as the storage holds them
+    if "config" not in attrs:  # the config's path, for people reading the study
+        study.set_user_attr("config", settings.config)
+    contents = hashlib.sha256(Path(settings.config).read_bytes()).hexdigest()
+    if "config_sha256" not in attrs:  # a new study, or one made before contents were compared
+        study.set_user_attr("config_sha256", contents)
+    elif attrs["config_sha256"] != contents:
+        raise ConfigError(
+            f"study {settings.study_name!r} was made with config={attrs.get('config')!r} as it was then; "
+            f"{settings.config!r} has other contents: give another --study_name to start a new study"
         )
     wanted = {key: getattr(settings, key) for key in STUDY_KEYS}
     wanted["search"] = [asdict(p) for p in settings.parameters]

@@ -4,6 +4,7 @@ PostgreSQL where a server is given), read back with SQL."""
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -413,6 +414,21 @@ def test_a_study_made_for_another_experiment_is_refused(study: dict) -> None:
     other = write_space(study["root"] / "other.yaml", {"model.lr": {"float": [1e-4, 1e-3]}})
     with pytest.raises(ConfigError, match="study 'cartpole' was made with search="):
         tune(config=str(CONFIG), search=str(other), n_trials=1, study_name="cartpole", storage=study["url"], fit=FAST)
+
+
+def test_a_study_follows_its_config_by_contents_not_by_path(tmp_path: Path, monkeypatch) -> None:
+    """The same file written another way (./cp.yaml) continues the study; the file edited since is
+    another experiment, refused before any trial runs."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(CONFIG, "cp.yaml")
+    space = str(write_space(tmp_path / "space.yaml", {"model.lr": {"float": [1.0e-4, 1.0e-3]}}))
+    common = {"search": space, "n_trials": 1, "study_name": "cp", "storage": f"sqlite:///{tmp_path / 'cp.db'}"}
+    assert tune(config="cp.yaml", fit=FAST, **common) == 0
+    assert tune(config="./cp.yaml", fit=FAST, **common) == 0
+    Path("cp.yaml").write_text(Path("cp.yaml").read_text().replace("lr: 1.0e-3", "lr: 5.0e-2"))
+    with pytest.raises(ConfigError, match=r"study 'cp' was made with config='cp.yaml' as it was then; 'cp.yaml' has"):
+        tune(config="cp.yaml", fit=FAST, **common)
+    assert trial_rows(common["storage"], "cp") == [(0, "COMPLETE"), (1, "COMPLETE")]
 
 
 def test_values_are_drawn_as_the_space_says() -> None:
