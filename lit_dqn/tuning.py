@@ -697,7 +697,8 @@ def tune(
         pruner: median (Optuna's MedianPruner on each validation's return) or none.
         n_startup_trials: trials drawn at random, and never pruned, before TPE and pruning start (Optuna's default 5).
         n_warmup_steps: updates of each seed's run before its validations can prune the trial (default:
-            a third of trainer.max_steps, as rl-zoo3's n_evaluations // 3; 0 without max_steps). The
+            a third of trainer.max_steps, or of its smallest value if the search varies it, as rl-zoo3's
+            n_evaluations // 3; 0 without max_steps). The
             first validations, just after the replay warm-up, say little: pruning on them dropped 2 of
             8 Acrobot trials that went on to solve (benchmarks/README.md, "Tune").
         n_jobs: worker processes on this machine, each with cores / n_jobs torch threads.
@@ -747,7 +748,11 @@ def _settings(given: dict[str, Any]) -> Settings:
         )
     seeds = given["seeds"] if given["seeds"] else [int(base["seed_everything"] or 0)]
     n_jobs = given["n_jobs"]
-    max_steps = max(int(base["trainer.max_steps"] or 0), 0)
+    # Each seed's reports start past every step the one before could report: past the largest
+    # max_steps a trial can have, the searched values' if trainer.max_steps is searched (0: unbounded).
+    searched = [p for p in parameters if p.key == "trainer.max_steps"]
+    budgets = [int(v) for p in searched for v in (p.choices or (p.high,))] or [int(base["trainer.max_steps"] or 0)]
+    max_steps = 0 if min(budgets) <= 0 else max(budgets)
     settings = Settings(
         config=config,
         search=str(given["search"]),
@@ -760,7 +765,7 @@ def _settings(given: dict[str, Any]) -> Settings:
         output_dir=output_dir,
         pruner=given["pruner"],
         n_startup_trials=given["n_startup_trials"],
-        n_warmup_steps=max_steps // 3 if given["n_warmup_steps"] is None else given["n_warmup_steps"],
+        n_warmup_steps=max(min(budgets), 0) // 3 if given["n_warmup_steps"] is None else given["n_warmup_steps"],
         sampler_seed=given["sampler_seed"],
         max_steps=max_steps,
         threads=max(1, (os.cpu_count() or 1) // n_jobs) if n_jobs > 1 else None,

@@ -153,6 +153,21 @@ def test_a_trial_below_the_median_is_pruned_at_once(tmp_path: Path) -> None:
     assert [update for update, _, _ in pruned.user_attrs["history_seed_0"]] == [100]
 
 
+def test_a_searched_max_steps_keeps_each_seeds_reports_apart(tmp_path: Path) -> None:
+    """Seed 1's reports start past seed 0's last: offset by the searched max_steps (300), not the
+    config's (100), which put seed 1's first two reports on seed 0's steps, where Optuna drops them."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    space = str(write_space(tmp_path / "space.yaml", {"trainer.max_steps": {"categorical": [300]}}))
+    fit = [*FAST, "--trainer.max_steps=100"]
+    assert tune(config=str(CONFIG), search=space, seeds=[0, 1], n_trials=1, storage=url, pruner="none", fit=fit) == 0
+    (trial,) = optuna.load_study(study_name="cartpole", storage=url).trials
+    reports = [
+        (update + 300 * seed, score) for seed in (0, 1) for update, _, score in trial.user_attrs[f"history_seed_{seed}"]
+    ]
+    assert list(trial.intermediate_values) == [100, 200, 300, 400, 500, 600]
+    assert [(step, value) for step, value in trial.intermediate_values.items()] == reports
+
+
 def test_validations_before_the_warm_up_are_reported_but_never_prune(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'study.db'}"
     space = {"data.env_kwargs": {"categorical": [{}, SUTTON_BARTO]}}
