@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
+import numpy as np
 import optuna
 import torch
 import yaml
@@ -535,18 +536,22 @@ def _pruner(settings: Settings) -> optuna.pruners.BasePruner:
     )
 
 
-def _sampler(settings: Settings, worker: int) -> optuna.samplers.BaseSampler:
-    seed = None if settings.sampler_seed is None else settings.sampler_seed + worker
+def _sampler(settings: Settings, worker: int, trials_before: int) -> optuna.samplers.BaseSampler:
+    """TPE, seeded (with ``--sampler_seed``) from the seed, the worker and the trials the study held
+    when the worker started: the same command on a fresh study draws the same trials, and a command
+    that continues a study draws new ones, not its first trials again."""
+    seed = None
+    if settings.sampler_seed is not None:
+        seed = int(np.random.SeedSequence([settings.sampler_seed, worker, trials_before]).generate_state(1)[0])
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=settings.n_startup_trials)
 
 
 def _study(settings: Settings, worker: int = 0) -> optuna.Study:
-    return optuna.load_study(
-        study_name=settings.study_name,
-        storage=open_storage(settings.storage),
-        sampler=_sampler(settings, worker),
-        pruner=_pruner(settings),
+    study = optuna.load_study(
+        study_name=settings.study_name, storage=open_storage(settings.storage), pruner=_pruner(settings)
     )
+    study.sampler = _sampler(settings, worker, len(study.get_trials(deepcopy=False)))
+    return study
 
 
 def _worker(settings: Settings, n_trials: int, worker: int) -> int:
@@ -702,7 +707,8 @@ def tune(
             first validations, just after the replay warm-up, say little: pruning on them dropped 2 of
             8 Acrobot trials that went on to solve (benchmarks/README.md, "Tune").
         n_jobs: worker processes on this machine, each with cores / n_jobs torch threads.
-        sampler_seed: TPE's seed (worker k uses seed + k), for a study that draws the same trials again.
+        sampler_seed: TPE's seed, mixed with the worker's number and the trials the study already holds:
+            the same command on a new study draws the same trials; continuing a study draws new ones.
         output_dir: trial runs, best.yaml and the plots (default: beside an SQLite file, in a folder named
             after the study; lightning_logs/tune/STUDY for other storages).
         fit: fit arguments for every trial, after the config (on the command line: everything after --).

@@ -446,6 +446,19 @@ def test_a_study_follows_its_config_by_contents_not_by_path(tmp_path: Path, monk
     assert trial_rows(common["storage"], "cp") == [(0, "COMPLETE"), (1, "COMPLETE")]
 
 
+def test_a_sampler_seed_repeats_a_study_but_a_continued_study_draws_new_trials(tmp_path: Path) -> None:
+    space = str(write_space(tmp_path / "space.yaml", {"model.lr": {"float": [1.0e-4, 1.0e-2], "log": True}}))
+    common = {"config": str(CONFIG), "search": space, "n_trials": 1, "sampler_seed": 0, "fit": FAST}
+    lrs = {}
+    for name, runs in (("a", 2), ("b", 1)):
+        url = f"sqlite:///{tmp_path / name}.db"
+        for _ in range(runs):
+            assert tune(**common, study_name=name, storage=url) == 0
+        lrs[name] = [t.params["model.lr"] for t in optuna.load_study(study_name=name, storage=url).trials]
+    assert lrs["a"][0] == lrs["b"][0]  # the same seed on a new study: the same first trial
+    assert lrs["a"][1] != lrs["a"][0]  # the same command again on that study: not the same trial again
+
+
 def test_values_are_drawn_as_the_space_says() -> None:
     space = {
         "gamma": Parameter("model.gamma", "float", 1e-3, 0.1, log=True, one_minus=True),
