@@ -1,7 +1,9 @@
 """Argument checks that fail early with one readable line naming the config field and what it allows."""
 
 import math
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 
 class ConfigError(ValueError):
@@ -53,3 +55,18 @@ def check_max_steps_for(field: str, value: object, max_steps: int | None) -> Non
             f"{field}={value} is sized by trainer.max_steps, so trainer.max_steps={max_steps!r} is not allowed: "
             "it must be > 0"
         )
+
+
+def check_writable(field: str, root: Path, what: str) -> None:
+    """``what`` goes under ``root``: one that cannot be written is one line now, not a traceback at
+    the first save (or, for ``tune``, a failed trial each)."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".lit_dqn_write_check_{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(
+            f"{field}={str(root)!r} cannot be written ({error.strerror or error}): {what} go there; "
+            "give a writable directory"
+        ) from None

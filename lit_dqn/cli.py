@@ -2,7 +2,6 @@
 
 import contextlib
 import inspect
-import os
 import signal
 import sys
 import traceback
@@ -27,7 +26,7 @@ from lit_dqn.checkpoints import (
     read_checkpoint,
     report_changed_hyperparameters,
 )
-from lit_dqn.checks import ConfigError, one_line
+from lit_dqn.checks import ConfigError, check_writable, one_line
 from lit_dqn.data import GymDataModule
 from lit_dqn.episodes import EpisodeStatistics
 from lit_dqn.module import DQN, NonFiniteLossError
@@ -179,7 +178,7 @@ class DQNCLI(LightningCLI):
                     f"--{key} is not used: the module makes its own optimizer, AMSGrad AdamW at model.lr "
                     "(manual optimization: Lightning would never step a scheduler)"
                 )
-        _check_writable(Path(trainer.default_root_dir))
+        check_writable("trainer.default_root_dir", Path(trainer.default_root_dir), "logs and checkpoints")
         _check_trainer_flags(trainer, fitting=self.subcommand in (None, "fit"))
         if config.get("min_epochs") is None:
             # Lightning makes min_steps imply min_epochs=1, and the replay stream's one epoch never
@@ -252,21 +251,6 @@ def _instantiated_key(error: BaseException) -> str | None:
         if in_jsonargparse and isinstance(dest, str):
             keys.append(dest)
     return keys[-1] if keys else None
-
-
-def _check_writable(root: Path) -> None:
-    """Logs and checkpoints go under ``root``: one that cannot be written is one line now, not a
-    traceback at the first save."""
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".lit_dqn_write_check_{os.getpid()}"
-        probe.touch()
-        probe.unlink()
-    except OSError as error:
-        raise ConfigError(
-            f"trainer.default_root_dir={str(root)!r} cannot be written ({error.strerror or error}): "
-            "logs and checkpoints go there; give a writable directory"
-        ) from None
 
 
 # Keys that configs of earlier versions set, and what a user does instead: the parse error names them.

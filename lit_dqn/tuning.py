@@ -67,7 +67,7 @@ from jsonargparse.typing import NonNegativeInt, PositiveInt
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from lit_dqn.callbacks import GracefulStop
-from lit_dqn.checks import ConfigError, one_line
+from lit_dqn.checks import ConfigError, check_writable, one_line
 from lit_dqn.cli import DQNCLI, known_warnings_filtered
 from lit_dqn.data import GymDataModule
 from lit_dqn.module import DQN, NonFiniteLossError
@@ -744,6 +744,12 @@ def _settings(given: dict[str, Any]) -> Settings:
     if output_dir is None:
         database = storage.split("///", 1)[1] if storage.startswith("sqlite:///") else None
         output_dir = str((Path(database).parent if database else Path("lightning_logs/tune")) / study_name)
+    if storage.startswith("sqlite://") and storage.rstrip("/").endswith((":memory:", "sqlite:")):
+        raise ConfigError(
+            f"storage={storage!r} is a database in memory, a new empty one in each worker and gone at the "
+            "end: give a file, e.g. sqlite:///lightning_logs/tune/NAME.db"
+        )
+    check_writable("output_dir", Path(output_dir), "every trial's runs and best.yaml")
     threshold = given["threshold"]
     if threshold is None:
         threshold = _early_stopping_threshold(base)

@@ -415,6 +415,7 @@ def test_a_bad_search_space_is_one_line_before_any_trial(space: dict, message: s
         ("not a url", "storage='not a url' cannot be opened (ArgumentError"),
         ("nosuchdb://host/db", "storage='nosuchdb://host/db' cannot be opened (NoSuchModuleError"),
         ("postgresql://someone:secret@127.0.0.1:1/db", "storage='postgresql://someone:***@127.0.0.1:1/db' cannot be"),
+        ("sqlite:///:memory:", "storage='sqlite:///:memory:' is a database in memory, a new empty one in each worker"),
     ],
 )
 def test_a_bad_storage_url_is_one_line(storage: str, message: str, tmp_path: Path, capsys) -> None:
@@ -423,6 +424,16 @@ def test_a_bad_storage_url_is_one_line(storage: str, message: str, tmp_path: Pat
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0], err
     assert "secret" not in err[0]
+
+
+def test_an_output_dir_that_cannot_be_written_is_one_line_before_any_trial(tmp_path: Path, capsys) -> None:
+    path = write_space(tmp_path / "space.yaml", SPACE)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    args = ["tune", "--config", str(CONFIG), "--search", str(path), "--storage", url, "--output_dir", "/proc/lit_dqn"]
+    code = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "output_dir='/proc/lit_dqn' cannot be written" in err[0], err
+    assert not (tmp_path / "study.db").exists() or trial_rows(url, "cartpole") == []  # no trial failed for it
 
 
 def test_a_study_made_for_another_experiment_is_refused(study: dict) -> None:
