@@ -23,7 +23,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 
 from lit_dqn.checkpoints import read_checkpoint
-from lit_dqn.checks import ConfigError
+from lit_dqn.checks import ConfigError, check_writable
 from lit_dqn.envs import EVAL_STEP_CAP, EnvSpec
 from lit_dqn.module import DQN
 from lit_dqn.networks import greedy_actions
@@ -272,6 +272,10 @@ def record_checkpoint(
     """
     if episodes < 1:
         raise ConfigError(f"episodes={episodes} must be at least 1")
+    if seed is not None and seed < 0:
+        raise ConfigError(f"seed={seed} must be 0 or more: Gymnasium's env seeds are non-negative")
+    if fps is not None and not fps > 0:  # NaN included
+        raise ConfigError(f"fps={fps} must be above 0 (or left out: the env's render_fps)")
     checkpoint = read_checkpoint(ckpt_path)  # a wrong path is named first, extra or not
     if not has_mp4_encoder():
         raise ConfigError(f"record writes mp4 and needs the video extra: {VIDEO_EXTRA}")
@@ -289,6 +293,7 @@ def record_checkpoint(
     path = Path(ckpt_path)
     run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     folder = Path(output_dir) if output_dir is not None else run / "videos" / path.stem
+    check_writable("output_dir", folder, "the videos")
     seed = data.get("test_seed", 0) if seed is None else seed
     recordings, _ = record_episodes(greedy_policy(model.policy_net.eval()), spec, folder, episodes, seed, fps)
     for recording in recordings:

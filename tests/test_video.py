@@ -22,7 +22,7 @@ from lit_dqn.envs import EnvSpec
 from lit_dqn.plots import Validation, plot_episodes
 from lit_dqn.rollout import StopRequested
 
-from .conftest import ROOT, FitRun, run_cli, skip_without_extra
+from .conftest import ROOT, FitRun, run_cli, run_main, skip_without_extra
 
 SHORTEST = ("--trainer.max_steps=20", "--data.warmup_steps=256", "--trainer.enable_progress_bar=false")
 RECORDED = re.compile(r"Recorded (\S+) \(return ([-\d.e+]+), (\d+) steps\)")
@@ -101,6 +101,30 @@ def test_record_bad_input_is_one_line(fit_run: FitRun, tmp_path: Path, args: lis
     assert result.returncode == 2 and "Traceback" not in result.stderr
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("lit_dqn record: error:") and message in line, line
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--seed", "-1"], "seed=-1 must be 0 or more"),
+        (["--fps", "-5"], "fps=-5.0 must be above 0"),
+        (["--fps", "0"], "fps=0.0 must be above 0"),  # was silently the env's render_fps
+        (["--output_dir", "/proc/lit_dqn_videos"], "output_dir='/proc/lit_dqn_videos' cannot be written"),
+        (["--output_dir", "a_file"], "output_dir='a_file' cannot be written"),
+    ],
+)
+def test_record_refuses_values_gymnasium_or_ffmpeg_would_crash_on(
+    fit_run: FitRun, tmp_path: Path, args: list[str], message: str, monkeypatch, capsys
+) -> None:
+    """In-process, through the CLI's ``main``: these ended in Gymnasium's, ffmpeg's or the file system's
+    traceback (exit 1) after the checkpoint was loaded."""
+    (tmp_path / "a_file").write_text("not a folder")
+    ckpt = str(fit_run.run_dir / "checkpoints" / "last.ckpt")
+    result = run_main(["record", ckpt, "--episodes", "1", *args], tmp_path, monkeypatch, capsys)
+    assert result.returncode == 2, result.stderr[-2000:]
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("lit_dqn record: error:") and message in line, line
+    assert (tmp_path / "a_file").read_text() == "not a folder"
 
 
 def test_without_the_video_extra_record_names_it_and_fit_writes_gif(fit_run: FitRun, tmp_path: Path) -> None:
