@@ -59,8 +59,27 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"ckpt_path={str(path)!r} is not a readable checkpoint: {first_line}") from None
 
 
+# The model values that build the network: a checkpoint's weights fit only a network built alike.
+# C51's atoms (v_min, v_max) are a buffer of the same shape whatever the range: the state dict would
+# load, and the net would go on with the checkpoint's atoms while the config and hparams say others.
+NETWORK_KEYS = (
+    "obs_dim", "n_actions", "hidden_sizes", "dueling",
+    "distributional", "num_atoms", "v_min", "v_max", "num_quantiles", "noisy",
+)  # fmt: skip
+
+
+def same_value(a: object, b: object) -> bool:
+    """Config and checkpoint values equal as a run uses them: a config gives tuples where a
+    checkpoint has lists, and no env_kwargs or wrappers (None) is an empty dict or list."""
+    containers = (list, tuple, dict)
+    if a is None or b is None:
+        return a == b or (isinstance(a or b, containers) and not (a or b))
+    sequences = (list, tuple)
+    return list(a) == list(b) if isinstance(a, sequences) and isinstance(b, sequences) else a == b
+
+
 def check_checkpoint_fits(checkpoint: dict[str, Any], model: torch.nn.Module, path: str | Path) -> None:
-    """Fail with the mismatching shapes when a checkpoint was trained on another env or network."""
+    """Fail, naming the values that differ, when a checkpoint was trained on another env or network."""
     state = checkpoint.get("state_dict")
     if not isinstance(state, dict):
         raise ConfigError(f"ckpt_path={str(path)!r} is not a lit_dqn checkpoint: it has no state_dict")
@@ -71,17 +90,16 @@ def check_checkpoint_fits(checkpoint: dict[str, Any], model: torch.nn.Module, pa
         if name in state and tuple(state[name].shape) != tuple(tensor.shape)
     ]
     missing = [name for name in expected if name not in state]
-    if mismatches or missing:
-        hp = checkpoint.get("hyper_parameters", {})
-        trained = (
-            f"obs_dim={hp.get('obs_dim')}, n_actions={hp.get('n_actions')}, hidden_sizes={hp.get('hidden_sizes')}, "
-            f"dueling={hp.get('dueling', False)}"
-        )
-        detail = "; ".join(mismatches[:2]) or f"missing {', '.join(missing[:2])}"
+    hp, now = checkpoint.get("hyper_parameters", {}), dict(model.hparams)
+    differ = [key for key in NETWORK_KEYS if key in hp and key in now and not same_value(hp[key], now[key])]
+    atoms = now.get("distributional") == "c51" and ({"v_min", "v_max"} & set(differ))
+    if mismatches or missing or atoms:
+        keys = differ or ["obs_dim", "n_actions", "hidden_sizes", "dueling"]
+        detail = "; ".join(mismatches[:2]) or (f"missing {', '.join(missing[:2])}" if missing else "C51's atoms")
         raise ConfigError(
-            f"ckpt_path={str(path)!r} does not fit this model: it was trained with {trained}, the config gives "
-            f"obs_dim={model.hparams.obs_dim}, n_actions={model.hparams.n_actions}, "
-            f"hidden_sizes={model.hparams.hidden_sizes}, dueling={model.hparams.dueling} ({detail})"
+            f"ckpt_path={str(path)!r} does not fit this model: it was trained with "
+            f"{', '.join(f'{key}={hp.get(key)!r}' for key in keys)}, the config gives "
+            f"{', '.join(f'{key}={now.get(key)!r}' for key in keys)} ({detail})"
         )
 
 
@@ -100,18 +118,11 @@ def report_changed_hyperparameters(
         ),
     ]
 
-    def same(a: object, b: object) -> bool:
-        containers = (list, tuple, dict)
-        if a is None or b is None:  # no env_kwargs or wrappers is an empty dict or list: the same run
-            return a == b or (isinstance(a or b, containers) and not (a or b))
-        sequences = (list, tuple)  # a config gives tuples where a checkpoint has lists
-        return list(a) == list(b) if isinstance(a, sequences) and isinstance(b, sequences) else a == b
-
     changed = [
         f"{section}.{key}={config[key]!r} (checkpoint: {saved[key]!r})"
         for section, saved, config in sections
         for key in config
-        if not key.startswith("_") and key in saved and not same(saved[key], config[key])
+        if not key.startswith("_") and key in saved and not same_value(saved[key], config[key])
     ]
     if changed:
         run_config = Path(path).parent.parent / "config.yaml"

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from lit_dqn import DQN
+from lit_dqn.checkpoints import check_checkpoint_fits
 from lit_dqn.checks import ConfigError
 from lit_dqn.losses import (
     categorical_loss,
@@ -246,3 +247,24 @@ def test_noisy_nets_draw_new_noise_every_update_and_act_greedily_without_it(tmp_
         not torch.equal(a, b) for a, b in zip(watch.online, watch.online[1:], strict=False)
     )  # new noise each update
     assert all(not torch.equal(a, b) for a, b in zip(watch.online, watch.target, strict=True))  # drawn independently
+
+
+def checkpoint_of(model: DQN) -> dict:
+    """What a checkpoint holds of a model: its state dict and hyperparameters, as Lightning saves them."""
+    return {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
+
+
+def test_a_checkpoint_fits_only_a_network_built_alike_c51_atoms_included() -> None:
+    """C51's atoms are a buffer of one shape whatever v_min and v_max: another range loaded without a
+    word, and the net went on with the checkpoint's atoms while config.yaml said the new ones."""
+    c51 = DQN(4, 2, distributional="c51", v_min=0.0, v_max=100.0)
+    check_checkpoint_fits(checkpoint_of(c51), DQN(4, 2, distributional="c51", v_min=0.0, v_max=100.0), "x.ckpt")
+    with pytest.raises(ConfigError, match=r"trained with v_max=100.0, the config gives v_max=200.0 \(C51's atoms\)"):
+        check_checkpoint_fits(checkpoint_of(c51), DQN(4, 2, distributional="c51", v_min=0.0, v_max=200.0), "x.ckpt")
+    # another switch of the head is named, not only the sizes every network shares
+    with pytest.raises(ConfigError, match=r"trained with noisy=False, the config gives noisy=True \(missing"):
+        check_checkpoint_fits(
+            checkpoint_of(c51), DQN(4, 2, distributional="c51", v_min=0.0, v_max=100.0, noisy=True), "x"
+        )
+    quantiles = DQN(4, 2, distributional="qr_dqn", v_max=100.0)  # v_min, v_max: not QR-DQN's, free to differ
+    check_checkpoint_fits(checkpoint_of(quantiles), DQN(4, 2, distributional="qr_dqn"), "x.ckpt")
