@@ -104,7 +104,9 @@ class DQN(L.LightningModule):
             forward and backward for a batch of 256 took 2.3 ms at 50 and 250 ms at 200 (one CPU thread).
         noisy: noisy nets (Fortunato et al. 2018): the Q-head's layers (the last hidden layer and the
             output layer; a dueling net's streams) are ``networks.NoisyLinear``, whose learned weight
-            noise explores, so ε can be 0 once the warm-up is over. Both nets draw new noise at every
+            noise explores, so ε can be 0 once the warm-up is over. The noise is zero until the
+            first update draws it, so the warm-up acts with the means: keep ``eps_start`` above 0
+            (the shipped configs use 1.0, a random warm-up). Both nets draw new noise at every
             update, before its loss (the online and the target net independently, from the module's
             own generator, seeded from the global seed and kept in checkpoints); the env steps up to
             the next update act with the online net's latest noise. Greedy evaluation, videos,
@@ -170,6 +172,11 @@ class DQN(L.LightningModule):
         if max_episodes is not None:
             check_interval("model.max_episodes", max_episodes, 1, math.inf)
         check_interval("model.num_atoms", num_atoms, 2, math.inf)
+        if distributional not in (None, "c51", "qr_dqn"):  # the CLI's Literal refuses it; Python calls reach here
+            raise ConfigError(f"model.distributional={distributional!r} is not allowed: c51, qr_dqn or null")
+        atom_bound = torch.finfo(torch.float32).max / 2  # the atoms and their spacing are float32
+        check_interval("model.v_min", v_min, -atom_bound, atom_bound)
+        check_interval("model.v_max", v_max, -atom_bound, atom_bound)
         if not v_min < v_max:
             raise ConfigError(f"model.v_min={v_min!r} is not allowed: it must be below model.v_max={v_max!r}")
         check_interval("model.num_quantiles", num_quantiles, 1, math.inf)

@@ -1,5 +1,6 @@
 """C51 and QR-DQN: each target and loss checked by hand on its pure function, the networks' heads, and
-then inside real fits with every other switch (Double DQN, dueling, n-step, prioritized replay, masks)."""
+then inside real fits with every other switch (Double DQN, dueling, n-step, prioritized replay); action
+masks on the bootstrap action of both heads."""
 
 import math
 
@@ -9,6 +10,7 @@ import torch
 from torch import Tensor
 
 from lit_dqn import DQN
+from lit_dqn.buffer import Transitions
 from lit_dqn.checkpoints import check_checkpoint_fits
 from lit_dqn.checks import ConfigError
 from lit_dqn.losses import (
@@ -268,3 +270,52 @@ def test_a_checkpoint_fits_only_a_network_built_alike_c51_atoms_included() -> No
         )
     quantiles = DQN(4, 2, distributional="qr_dqn", v_max=100.0)  # v_min, v_max: not QR-DQN's, free to differ
     check_checkpoint_fits(checkpoint_of(quantiles), DQN(4, 2, distributional="qr_dqn"), "x.ckpt")
+
+
+@pytest.mark.parametrize("head", ["c51", "qr_dqn"])
+@pytest.mark.parametrize("double", [False, True])
+def test_action_masks_limit_every_heads_bootstrap_action(head: str, double: bool) -> None:
+    """The next state's best action is the best *valid* one by mean Q (the online net's with Double
+    DQN), and a next state with no valid action bootstraps nothing, for C51 and QR-DQN alike."""
+    model = DQN(4, 3, distributional=head, double_dqn=double, num_atoms=3, v_min=-1.0, v_max=1.0, num_quantiles=3)
+    support = torch.tensor([-1.0, 0.0, 1.0])
+    # Per action, a distribution whose mean is -1, 0 or 1: action 2 is the best by far, action 0 the worst.
+    logits = torch.tensor([[9.0, 0.0, 0.0], [0.0, 9.0, 0.0], [0.0, 0.0, 9.0]])  # C51: mass on one atom
+    quantiles = torch.tensor([[-1.0, -1.0, -1.0], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])  # QR-DQN: three equal
+    next_outputs = (logits if head == "c51" else quantiles).expand(2, 3, 3)  # [B=2, n_actions, K]
+    online = torch.tensor([[3.0, 1.0, 9.0], [3.0, 1.0, 9.0]]) if double else None  # online: 2, then 0
+    mask = torch.tensor([[True, True, False], [False, False, False]])  # 2 invalid; no valid action at all
+    batch = Transitions(
+        torch.zeros(2, 4), torch.tensor([0, 0]), torch.tensor([0.5, 0.5]), torch.zeros(2, 4),
+        torch.tensor([False, False]), next_mask=mask,
+    )  # fmt: skip
+    outputs = torch.tensor([-1.0, 0.0, 2.0]).expand(
+        2, 3, 3
+    )  # not uniform: a uniform C51 row has one loss for every target
+    losses = model._distributional_losses(outputs, next_outputs, online, batch)
+    best = 0 if double else 1  # valid actions only: the online net's 0, or the target's best valid, 1 (not 2)
+    returns, discounts = torch.tensor([0.5, 0.5]), torch.tensor([0.99, 0.0])  # no valid action: no bootstrap
+    if head == "c51":
+        expected = categorical_loss(
+            outputs, batch.actions, categorical_targets(returns, discounts, next_outputs[:, best].softmax(1), support)
+        )
+    else:
+        expected = quantile_huber_loss(
+            outputs, batch.actions, quantile_targets(returns, discounts, next_outputs[:, best])
+        )
+    assert torch.allclose(losses, expected)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"distributional": "C51"}, r"model.distributional='C51' is not allowed: c51, qr_dqn or null"),
+        ({"distributional": "c51", "v_min": -1e39}, r"model.v_min=-1e\+39 is not allowed"),
+        ({"distributional": "c51", "v_max": 3e38}, r"model.v_max=3e\+38 is not allowed"),
+    ],
+)
+def test_a_head_python_asks_for_by_another_name_or_range_is_refused(kwargs: dict, message: str) -> None:
+    """``DQN(distributional="C51")`` trained the plain head without a word (the CLI's Literal refuses
+    it, a Python call did not); a range past float32 crashed in the atoms' linspace."""
+    with pytest.raises(ConfigError, match=message):
+        DQN(4, 2, **kwargs)
