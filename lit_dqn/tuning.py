@@ -246,6 +246,7 @@ def check_search_space(config: str, fit_args: Sequence[str], parameters: Sequenc
                 raise ConfigError(
                     f"search space: {parameter.key} is not a key of fit{hint}; python -m lit_dqn fit --help lists them"
                 )
+            _check_searched_key_acts(parameter.key, base, {p.key for p in parameters})
             for value in parameter.ends():
                 args = ["--config", config, *fit_args, *_overrides({parameter.key: value})]
                 try:
@@ -256,6 +257,35 @@ def check_search_space(config: str, fit_args: Sequence[str], parameters: Sequenc
                     message = f"search space: {parameter.key}={value!r} is refused: {one_line(error)}"
                     raise ConfigError(message) from None
     return base
+
+
+# Keys that act only under a setting of another: (that key, the values it acts under).
+ACTS_ONLY_WITH: dict[str, tuple[str, tuple[Any, ...]]] = {
+    "model.eps_fraction": ("model.eps_schedule", ("linear",)),
+    "model.eps_decay": ("model.eps_schedule", ("exponential",)),
+    "model.num_atoms": ("model.distributional", ("c51",)),
+    "model.v_min": ("model.distributional", ("c51",)),
+    "model.v_max": ("model.distributional", ("c51",)),
+    "model.num_quantiles": ("model.distributional", ("qr_dqn",)),
+    "model.noisy_sigma0": ("model.noisy", (True,)),
+    "data.priority_alpha": ("data.prioritized", (True,)),
+    "data.priority_beta": ("data.prioritized", (True,)),
+    "data.priority_eps": ("data.prioritized", (True,)),
+}
+
+
+def _check_searched_key_acts(key: str, base: Any, searched: set[str]) -> None:
+    """Refuse a searched key that no trial would use: its trials would differ only by chance, and
+    the importance plot would still rank it."""
+    if key not in ACTS_ONLY_WITH:
+        return
+    other, values = ACTS_ONLY_WITH[key]
+    if other not in searched and base[other] not in values:
+        wanted = " or ".join(str(v).lower() if isinstance(v, bool) else str(v) for v in values)
+        raise ConfigError(
+            f"search space: {key} has no effect with the config's {other}={base[other]!r} (it acts with {wanted}): "
+            f"leave it out, or set or search {other}"
+        )
 
 
 def _check_trials_validate(config: Any) -> None:
@@ -276,8 +306,9 @@ def _check_trials_validate(config: Any) -> None:
 
 
 def _overrides(values: dict[str, Any]) -> list[str]:
-    """Dotted ``fit`` arguments, each value as YAML (lists and dicts too)."""
-    return [f"--{key}={json.dumps(value)}" for key, value in values.items()]
+    """Dotted ``fit`` arguments, each value as YAML (lists and dicts too); a string as it is, since
+    jsonargparse takes ``"linear"`` with its quotes, which no ``Literal`` choice matches."""
+    return [f"--{key}={value if isinstance(value, str) else json.dumps(value)}" for key, value in values.items()]
 
 
 class _RefusedTrialsInOneLine(logging.Filter):

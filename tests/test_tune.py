@@ -470,6 +470,18 @@ def test_a_sampler_seed_repeats_a_study_but_a_continued_study_draws_new_trials(t
     assert lrs["a"][1] != lrs["a"][0]  # the same command again on that study: not the same trial again
 
 
+def test_a_searched_key_that_no_trial_would_use_is_refused(tmp_path: Path) -> None:
+    """cartpole.yaml's ε decays exponentially: eps_fraction (the linear schedule's) changed nothing,
+    and trials differing only in it had identical histories."""
+    inert = write_space(tmp_path / "inert.yaml", {"model.eps_fraction": {"float": [0.01, 0.5]}})
+    with pytest.raises(ConfigError, match=r"model.eps_fraction has no effect with the config's model.eps_schedule="):
+        check_search_space(str(CONFIG), FAST, load_search_space(inert))
+    both = write_space(tmp_path / "both.yaml", {**{"model.eps_schedule": {"categorical": ["linear", "exponential"]}},
+                                                 "model.eps_fraction": {"float": [0.01, 0.5]}})  # fmt: skip
+    check_search_space(str(CONFIG), FAST, load_search_space(both))  # some trials use it
+    check_search_space(str(CONFIG), [*FAST, "--model.eps_schedule=linear"], load_search_space(inert))
+
+
 def test_values_are_drawn_as_the_space_says() -> None:
     space = {
         "gamma": Parameter("model.gamma", "float", 1e-3, 0.1, log=True, one_minus=True),
