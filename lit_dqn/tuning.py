@@ -39,6 +39,7 @@ history and parameter importances as PNG files in ``OUTPUT``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import difflib
 import hashlib
 import inspect
@@ -77,6 +78,7 @@ from lit_dqn.video import GreedyVideo
 OBJECTIVES = {"best_return": "maximize", "env_steps_to_solve": "minimize"}
 DISTRIBUTIONS = ("float", "int", "categorical")
 VALIDATION_METRIC = "val/return_mean"
+SEED_SPAN_UNBOUNDED = 10**12  # steps between seeds' reports when trainer.max_steps is unbounded
 # Study attributes a later command must match: the same study must mean the same experiment. The
 # config is matched by its file's contents (``config_sha256``), not by how its path was written.
 STUDY_KEYS = ("fit_args", "search", "objective", "threshold", "seeds")
@@ -444,7 +446,7 @@ class Objective:
             "--trainer.enable_model_summary=false",
         ]
         # The offset keeps each seed's reports at steps of their own: trials compare seed by seed.
-        offset, prune = index * (s.max_steps or 10**12), s.pruner != "none"
+        offset, prune = index * (s.max_steps or SEED_SPAN_UNBOUNDED), s.pruner != "none"
         report = ValidationReport(trial, offset, self.sign, prune=prune, warmup=s.n_warmup_steps)
         diverged: str | None = None
         try:
@@ -559,12 +561,32 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         ) from None
 
 
+class SeedMedianPruner(optuna.pruners.MedianPruner):
+    """Optuna's ``MedianPruner``, judging a trial by the reports of the seed it is running.
+
+    Seed ``k``'s reports sit at steps ``k * span`` on (``ValidationReport``'s offset). The median
+    pruner compares a trial's best report so far with the median at the current step, and "so far"
+    would include the earlier seeds': a good seed 0 kept a trial from ever being pruned in seed 1.
+    """
+
+    def __init__(self, span: int, n_startup_trials: int) -> None:
+        super().__init__(n_startup_trials=n_startup_trials, n_warmup_steps=0)  # the warm-up: ValidationReport's
+        self.span = span
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is None:
+            return False
+        start = step - step % self.span  # the running seed's first step
+        this_seed = copy.copy(trial)
+        this_seed.intermediate_values = {s: v for s, v in trial.intermediate_values.items() if s >= start}
+        return super().prune(study, this_seed)
+
+
 def _pruner(settings: Settings) -> optuna.pruners.BasePruner:
     if settings.pruner == "none":
         return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(  # the warm-up is each run's own: ValidationReport
-        n_startup_trials=settings.n_startup_trials, n_warmup_steps=0
-    )
+    return SeedMedianPruner(settings.max_steps or SEED_SPAN_UNBOUNDED, settings.n_startup_trials)
 
 
 def _sampler(settings: Settings, worker: int, trials_before: int) -> optuna.samplers.BaseSampler:

@@ -27,6 +27,7 @@ from lit_dqn.cli import DQNCLI, main  # noqa: E402
 from lit_dqn.tuning import (  # noqa: E402
     UNSOLVED_ENV_STEPS,
     Parameter,
+    SeedMedianPruner,
     check_search_space,
     env_steps_to_solve,
     load_search_space,
@@ -480,6 +481,21 @@ def test_a_searched_key_that_no_trial_would_use_is_refused(tmp_path: Path) -> No
                                                  "model.eps_fraction": {"float": [0.01, 0.5]}})  # fmt: skip
     check_search_space(str(CONFIG), FAST, load_search_space(both))  # some trials use it
     check_search_space(str(CONFIG), [*FAST, "--model.eps_schedule=linear"], load_search_space(inert))
+
+
+def test_a_later_seed_is_pruned_on_its_own_reports_not_the_first_seeds() -> None:
+    """Seeds of 1,000 updates: every completed trial scored 50 at seed 1's step 1,100. A running
+    trial whose seed 0 reached 100 but whose seed 1 scores 10 is below that median: pruned. Optuna's
+    MedianPruner alone took the trial's best over both seeds (100) and kept it."""
+    study = optuna.create_study(direction="maximize")
+    for value in (40.0, 50.0, 60.0):
+        study.add_trial(optuna.trial.create_trial(value=value, intermediate_values={100: value, 1100: value}))
+    running = study.ask()
+    running.report(100.0, step=100)  # seed 0
+    running.report(10.0, step=1100)  # seed 1
+    frozen = study.get_trials(deepcopy=False)[-1]
+    assert SeedMedianPruner(span=1000, n_startup_trials=0).prune(study, frozen)
+    assert not optuna.pruners.MedianPruner(n_startup_trials=0).prune(study, frozen)  # the old judgement
 
 
 def test_values_are_drawn_as_the_space_says() -> None:
