@@ -789,6 +789,10 @@ def tune(
 
 def _settings(given: dict[str, Any]) -> Settings:
     config, fit_args = str(given["config"]), list(given["fit"] or [])
+    if any(arg.startswith("--trainer.default_root_dir") for arg in fit_args):
+        raise ConfigError(
+            "trainer.default_root_dir after -- is not used: each trial runs in OUTPUT/trial_NNNN; give --output_dir"
+        )
     parameters = load_search_space(given["search"])
     base = check_search_space(config, fit_args, parameters)
     study_name = given["study_name"] or Path(config).stem

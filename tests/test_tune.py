@@ -427,6 +427,12 @@ def test_a_bad_storage_url_is_one_line(storage: str, message: str, tmp_path: Pat
     assert "secret" not in err[0]
 
 
+def test_a_root_dir_for_the_trials_is_refused_in_favour_of_output_dir(tmp_path: Path) -> None:
+    space = str(write_space(tmp_path / "space.yaml", SPACE))
+    with pytest.raises(ConfigError, match=r"trainer.default_root_dir after -- is not used.*give --output_dir"):
+        tune(config=str(CONFIG), search=space, fit=[*FAST, f"--trainer.default_root_dir={tmp_path}"])
+
+
 def test_an_output_dir_that_cannot_be_written_is_one_line_before_any_trial(tmp_path: Path, capsys) -> None:
     path = write_space(tmp_path / "space.yaml", SPACE)
     url = f"sqlite:///{tmp_path / 'study.db'}"
