@@ -277,6 +277,10 @@ def record_checkpoint(
     if fps is not None and not fps > 0:  # NaN included
         raise ConfigError(f"fps={fps} must be above 0 (or left out: the env's render_fps)")
     checkpoint = read_checkpoint(ckpt_path)  # a wrong path is named first, extra or not
+    path = Path(ckpt_path)
+    run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    folder = Path(output_dir) if output_dir is not None else run / "videos" / path.stem
+    check_writable("output_dir", folder, "the videos")
     if not has_mp4_encoder():
         raise ConfigError(f"record writes mp4 and needs the video extra: {VIDEO_EXTRA}")
     data, hparams = checkpoint.get("datamodule_hyper_parameters"), checkpoint.get("hyper_parameters")
@@ -290,10 +294,6 @@ def record_checkpoint(
     # Checkpoints written before model.obs_layout existed: the env spec says it, as it did then.
     model = DQN(**{"obs_layout": checked.image_layout, **{k: v for k, v in hparams.items() if not k.startswith("_")}})
     model.policy_net.load_state_dict(weights)
-    path = Path(ckpt_path)
-    run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    folder = Path(output_dir) if output_dir is not None else run / "videos" / path.stem
-    check_writable("output_dir", folder, "the videos")
     seed = data.get("test_seed", 0) if seed is None else seed
     recordings, _ = record_episodes(greedy_policy(model.policy_net.eval()), spec, folder, episodes, seed, fps)
     for recording in recordings:
