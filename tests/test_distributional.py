@@ -77,8 +77,12 @@ def test_quantile_huber_loss_by_hand() -> None:
     targets = torch.tensor([[0.5, 3.0]])
     # u = T_j − θ_i: θ_0: [0.5, 3] (weights 0.25), θ_1: [−0.5 (weight |0.75 − 1|), 2 (weight 0.75)]
     # Huber: 0.125, 2.5; 0.125, 1.5. Sum over i per target: 0.0625, 1.75; mean over targets: 0.90625
+    quantiles.requires_grad_(True)
     loss = quantile_huber_loss(quantiles, torch.tensor([1]), targets)
     assert loss.tolist() == pytest.approx([0.90625])
+    # ∂/∂θ_i = −mean_j w_ij · clamp(u_ij, −1, 1): θ_0: −(0.25·0.5 + 0.25·1) / 2; θ_1: −(0.25·−0.5 + 0.75·1) / 2
+    loss.sum().backward()
+    assert quantiles.grad.flatten().tolist() == pytest.approx([0.0, 0.0, -0.1875, -0.3125])
     assert torch.allclose(
         quantile_targets(torch.tensor([1.0]), torch.tensor([0.5]), targets), torch.tensor([[1.25, 2.5]])
     )
