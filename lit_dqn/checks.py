@@ -57,14 +57,19 @@ def check_max_steps_for(field: str, value: object, max_steps: int | None) -> Non
         )
 
 
-def check_writable(field: str, root: Path, what: str) -> None:
+def check_writable(field: str, root: Path, what: str, keep: bool = True) -> None:
     """``what`` goes under ``root``: one that cannot be written is one line now, not a traceback at
-    the first save (or, for ``tune``, a failed trial each)."""
+    the first save (or, for ``tune``, a failed trial each). ``keep=False`` removes the directories the
+    check made, for a caller with more checks to come that must leave nothing behind when one fails."""
+    made = [parent for parent in (root, *root.parents) if not parent.exists()]  # deepest first
     try:
         root.mkdir(parents=True, exist_ok=True)
         probe = root / f".lit_dqn_write_check_{os.getpid()}"
         probe.touch()
         probe.unlink()
+        if not keep:
+            for directory in made:
+                directory.rmdir()
     except OSError as error:
         raise ConfigError(
             f"{field}={str(root)!r} cannot be written ({error.strerror or error}): {what} go there; "

@@ -159,7 +159,9 @@ def record_episodes(
                 done = terminated or truncated
             # length + 1 frames [H, W, 3], the only full copy of the episode (render() hands them over)
             frames = [viewable(frame) for frame in env.render()]
-            path = write_video(frames, folder / f"episode-{episode}", fps)
+            # Named by env seed: a greedy policy plays the same episode from the same seed, so recording
+            # again replaces a video only with the same episode, never fit's video with another one.
+            path = write_video(frames, folder / f"seed-{seed + episode}", fps)
             recordings.append(Recording(path, episode_return, length, fps))
             if episode == 0:  # half size: a GIF of a 1000-step episode stays a few MB
                 preview = np.stack([frame[::2, ::2] for frame in frames])
@@ -199,7 +201,7 @@ def greedy_policy(q_net: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
 
 class GreedyVideo(L.Callback):
     """At the end of ``fit``, record greedy episodes of the best checkpoint into the run directory
-    (``videos/<checkpoint name>/episode-N.mp4``, as ``record`` names them) and into TensorBoard
+    (``videos/<checkpoint name>/seed-<env seed>.mp4``, as ``record`` names them) and into TensorBoard
     (``video/greedy``, the first episode).
 
     It runs once, after training, so it never slows training. Without the video extra it prints one
@@ -263,7 +265,7 @@ def record_checkpoint(
 
     Args:
         ckpt_path: a checkpoint ``fit`` wrote, e.g. ``lightning_logs/version_0/checkpoints/last.ckpt``.
-        episodes: episodes to record, one video each.
+        episodes: episodes to record, one video each, ``seed-<env seed>.mp4``.
         seed: env seed of the first episode, the next one seed + 1 and so on (default: the run's
             ``data.test_seed``, start states neither training nor validation used).
         output_dir: where the videos go (default: ``videos/<checkpoint name>/`` in the checkpoint's
@@ -280,7 +282,7 @@ def record_checkpoint(
     path = Path(ckpt_path)
     run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     folder = Path(output_dir) if output_dir is not None else run / "videos" / path.stem
-    check_writable("output_dir", folder, "the videos")
+    check_writable("output_dir", folder, "the videos", keep=False)  # made when the first video is written
     if not has_mp4_encoder():
         raise ConfigError(f"record writes mp4 and needs the video extra: {VIDEO_EXTRA}")
     data, hparams = checkpoint.get("datamodule_hyper_parameters"), checkpoint.get("hyper_parameters")

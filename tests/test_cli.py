@@ -249,7 +249,7 @@ def test_without_a_logger_plots_videos_and_last_go_to_the_root_dir(tmp_path, mon
     cli, _ = make_cli(tmp_path, "--trainer.logger=false", "--trainer.max_steps=60", *SMALL_WARMUP)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert (tmp_path / "episode_durations.png").is_file()
-    assert list((tmp_path / "videos").rglob("episode-0.*"))
+    assert list((tmp_path / "videos").rglob("seed-2000000.*"))
     found = latest_last_checkpoint(tmp_path)
     assert found is not None and found[0] == tmp_path / "checkpoints/last.ckpt"
 

@@ -75,7 +75,7 @@ def test_record_plays_a_bare_checkpoint_with_no_config(fit_run: FitRun, tmp_path
     result = run_cli("record", str(ckpt), "--episodes", "2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     recorded = RECORDED.findall(result.stdout)
-    assert [Path(p).name for p, _, _ in recorded] == ["episode-0.mp4", "episode-1.mp4"]
+    assert [Path(p).name for p, _, _ in recorded] == ["seed-2000000.mp4", "seed-2000001.mp4"]  # the test seeds
     for path, episode_return, steps in recorded:
         assert Path(path).parent == tmp_path / "videos" / "agent"
         assert video_frames(Path(path)) == (int(steps) + 1, (600, 400))
@@ -84,6 +84,20 @@ def test_record_plays_a_bare_checkpoint_with_no_config(fit_run: FitRun, tmp_path
     again = run_cli("record", str(ckpt), "--episodes", "1", "--output_dir", "again", cwd=tmp_path)
     assert RECORDED.findall(again.stdout)[0][1:] == recorded[0][1:]
     assert "mean return" in result.stdout and "from env seed 2000000" in result.stdout
+
+
+def test_record_names_videos_by_env_seed_and_keeps_fits_video(fit_run: FitRun, tmp_path: Path) -> None:
+    """Recording the checkpoint fit filmed, from other env seeds, adds videos beside fit's one: with
+    videos named by episode number, the first replaced fit's video with another episode."""
+    pytest.importorskip("imageio_ffmpeg", reason="record writes mp4: the video extra")
+    run = tmp_path / "run"
+    shutil.copytree(fit_run.run_dir, run)
+    [fit_video] = (run / "videos").rglob("seed-*")  # GreedyVideo's: the best checkpoint, the first test seed
+    before = fit_video.read_bytes()
+    folder = fit_video.parent
+    recordings = video.record_checkpoint(str(run / "checkpoints" / f"{folder.name}.ckpt"), 2, seed=7)
+    assert [recording.path for recording in recordings] == [folder / "seed-7.mp4", folder / "seed-8.mp4"]
+    assert fit_video.read_bytes() == before
 
 
 @pytest.mark.parametrize(
@@ -129,14 +143,17 @@ def test_record_refuses_values_gymnasium_or_ffmpeg_would_crash_on(
 
 def test_without_the_video_extra_record_names_it_and_fit_writes_gif(fit_run: FitRun, tmp_path: Path) -> None:
     """imageio-ffmpeg blocked at import: ``record`` stops with one line naming the extra; ``fit`` falls back to GIF."""
-    ckpt = str(fit_run.run_dir / "checkpoints" / "last.ckpt")
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"  # a run directory of its own: see what is left in it
+    ckpt.parent.mkdir(parents=True)
+    shutil.copy(fit_run.run_dir / "checkpoints" / "last.ckpt", ckpt)
     code = "import sys; sys.modules['imageio_ffmpeg'] = None\nfrom lit_dqn.cli import main\nsys.exit(main())\n"
     record = subprocess.run(
-        [sys.executable, "-c", code, "record", ckpt], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code, "record", str(ckpt)], cwd=tmp_path, capture_output=True, text=True, timeout=120
     )
     assert record.returncode == 2 and record.stderr.strip().splitlines() == [
         'lit_dqn record: error: record writes mp4 and needs the video extra: pip install "lit-dqn[video]"'
     ]
+    assert not (tmp_path / "run" / "videos").exists()  # the output_dir check leaves no empty folder behind
     fit = subprocess.run(
         [sys.executable, "-c", code, "fit", "--config", str(ROOT / "configs/cartpole.yaml"), *SHORTEST],
         cwd=tmp_path,
@@ -146,7 +163,7 @@ def test_without_the_video_extra_record_names_it_and_fit_writes_gif(fit_run: Fit
     )
     assert fit.returncode == 0, fit.stderr[-2000:]
     [(path, _, steps)] = RECORDED.findall(fit.stderr)
-    assert path.endswith("videos/final/episode-0.gif")  # no validation ran: the final weights
+    assert path.endswith("videos/final/seed-2000000.gif")  # no validation ran: the final weights
     assert video_frames(tmp_path / path) == (int(steps) + 1, (600, 400))
     assert 'Videos are GIF: mp4 needs the video extra: pip install "lit-dqn[video]"' in fit.stderr
 
