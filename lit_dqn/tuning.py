@@ -240,7 +240,7 @@ def check_search_space(config: str, fit_args: Sequence[str], parameters: Sequenc
         _check_trials_validate(base)
         keys = sorted(base.keys())
         for parameter in parameters:
-            if parameter.key in {"config", "seed_everything"}:
+            if parameter.key in {"config", "seed_everything", "data.seed"}:
                 raise ConfigError(f"search space: {parameter.key} cannot be searched (the seeds are --seeds)")
             if parameter.key not in keys:
                 close = difflib.get_close_matches(parameter.key, keys, n=1)
@@ -816,6 +816,12 @@ def _settings(given: dict[str, Any]) -> Settings:
             "callback with stopping_threshold in the config"
         )
     seeds = given["seeds"] if given["seeds"] else [int(base["seed_everything"] or 0)]
+    if len(seeds) > 1 and base["data.seed"] is not None:
+        raise ConfigError(
+            f"data.seed={base['data.seed']} fixes every run's env, exploration and replay seeds, so --seeds "
+            f"{' '.join(map(str, seeds))} would vary only the network's initial weights: leave data.seed out "
+            "(it then follows each seed)"
+        )
     n_jobs = given["n_jobs"]
     # Each seed's reports start past every step the one before could report: past the largest
     # max_steps a trial can have, the searched values' if trainer.max_steps is searched (0: unbounded).

@@ -394,6 +394,7 @@ def test_ctrl_c_stops_the_study_and_records_the_running_trial_as_failed(tmp_path
         ({"data.n_step": {"int": [0, 5]}}, "data.n_step=0 is refused"),
         ({"model.lr": {"uniform": [1e-4, 1e-2]}}, "must be one of {float: [low, high]}"),
         ({"seed_everything": {"int": [0, 9]}}, "seed_everything cannot be searched"),
+        ({"data.seed": {"int": [0, 9]}}, "data.seed cannot be searched (the seeds are --seeds)"),
         (
             {"trainer.max_steps": {"int": [100, 200000]}},
             "trainer.max_steps=100 is refused: trainer.max_steps=100 is below",
@@ -425,6 +426,14 @@ def test_a_bad_storage_url_is_one_line(storage: str, message: str, tmp_path: Pat
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0], err
     assert "secret" not in err[0]
+
+
+def test_a_fixed_data_seed_with_several_seeds_is_refused(tmp_path: Path) -> None:
+    """``data.seed`` seeds the envs, exploration and replay: with it fixed, ``--seeds`` would vary only
+    the network's initial weights, and the mean over seeds would hide how little it varied."""
+    space = str(write_space(tmp_path / "space.yaml", SPACE))
+    with pytest.raises(ConfigError, match=r"data.seed=7 fixes .* so --seeds 0 1 would vary only the network's"):
+        tune(config=str(CONFIG), search=space, seeds=[0, 1], fit=[*FAST, "--data.seed=7"])
 
 
 def test_a_root_dir_for_the_trials_is_refused_in_favour_of_output_dir(tmp_path: Path) -> None:
