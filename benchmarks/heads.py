@@ -23,12 +23,13 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from lit_dqn.buffer import ReplayBuffer
+from lit_dqn.buffer import ReplayBuffer, Transitions
 from lit_dqn.data import ReplayBatch
 from lit_dqn.module import DQN
 
@@ -44,7 +45,7 @@ class Net:
     n_actions: int
     hidden: list[int]
     batch_size: int
-    model_kwargs: dict = field(default_factory=dict)  # the image keywords ``data`` links into the model
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # the image keywords ``data`` links into the model
 
 
 NETS = {
@@ -106,7 +107,7 @@ class Timer(L.Callback):
         self.seconds = time.perf_counter() - self.start
 
 
-def transitions(net: Net):
+def transitions(net: Net) -> Transitions:
     """A batch of 3-step windows from a buffer of random transitions of ``net``'s sizes."""
     generator = torch.Generator().manual_seed(0)
     buffer = ReplayBuffer(4096, net.obs_shape, seed=0, n_step=N_STEP, obs_dtype=net.obs_dtype)

@@ -1,5 +1,6 @@
 """Argument checks that fail early with one readable line naming the config field and what it allows."""
 
+import contextlib
 import math
 import os
 from collections.abc import Sequence
@@ -57,21 +58,25 @@ def check_max_steps_for(field: str, value: object, max_steps: int | None) -> Non
         )
 
 
-def check_writable(field: str, root: Path, what: str, keep: bool = True) -> None:
+def check_writable(field: str, root: Path, what: str, *, keep: bool = True) -> None:
     """``what`` goes under ``root``: one that cannot be written is one line now, not a traceback at
     the first save (or, for ``tune``, a failed trial each). ``keep=False`` removes the directories the
     check made, for a caller with more checks to come that must leave nothing behind when one fails."""
-    made = [parent for parent in (root, *root.parents) if not parent.exists()]  # deepest first
+    made: list[Path] = []  # directories this check creates, deepest first
     try:
+        # normpath: Path.parents works on the text, and "ghost/../y" must not list y's real parent as new
+        absolute = Path(os.path.normpath(root.absolute()))
+        made = [directory for directory in (absolute, *absolute.parents) if not directory.exists()]
         root.mkdir(parents=True, exist_ok=True)
         probe = root / f".lit_dqn_write_check_{os.getpid()}"
         probe.touch()
         probe.unlink()
-        if not keep:
-            for directory in made:
-                directory.rmdir()
     except OSError as error:
         raise ConfigError(
             f"{field}={str(root)!r} cannot be written ({error.strerror or error}): {what} go there; "
             "give a writable directory"
         ) from None
+    finally:
+        for directory in made if not keep else ():
+            with contextlib.suppress(OSError):  # one mkdir did not make (it failed half-way) or not empty
+                directory.rmdir()

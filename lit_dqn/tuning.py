@@ -806,7 +806,13 @@ def _settings(given: dict[str, Any]) -> Settings:
             f"storage={storage!r} is a database in memory, a new empty one in each worker and gone at the "
             "end: give a file, e.g. sqlite:///lightning_logs/tune/NAME.db"
         )
-    check_writable("output_dir", Path(output_dir), "every trial's runs and best.yaml")
+    seeds = given["seeds"] if given["seeds"] else [int(base["seed_everything"] or 0)]
+    if len(seeds) > 1 and base["data.seed"] is not None:
+        raise ConfigError(
+            f"data.seed={base['data.seed']} fixes every run's env, exploration and replay seeds, so --seeds "
+            f"{' '.join(map(str, seeds))} would vary only the network's initial weights (and noisy nets' "
+            "noise): leave data.seed out of the config, or pass -- --data.seed=null (it then follows each seed)"
+        )
     threshold = given["threshold"]
     if threshold is None:
         threshold = _early_stopping_threshold(base)
@@ -815,13 +821,8 @@ def _settings(given: dict[str, Any]) -> Settings:
             "objective='env_steps_to_solve' needs a return to reach: give --threshold, or an EarlyStopping "
             "callback with stopping_threshold in the config"
         )
-    seeds = given["seeds"] if given["seeds"] else [int(base["seed_everything"] or 0)]
-    if len(seeds) > 1 and base["data.seed"] is not None:
-        raise ConfigError(
-            f"data.seed={base['data.seed']} fixes every run's env, exploration and replay seeds, so --seeds "
-            f"{' '.join(map(str, seeds))} would vary only the network's initial weights: leave data.seed out "
-            "(it then follows each seed)"
-        )
+    # After the checks above, so that a refusal leaves no empty output folder behind
+    check_writable("output_dir", Path(output_dir), "every trial's runs and best.yaml")
     n_jobs = given["n_jobs"]
     # Each seed's reports start past every step the one before could report: past the largest
     # max_steps a trial can have, the searched values' if trainer.max_steps is searched (0: unbounded).

@@ -83,6 +83,11 @@ def test_quantile_huber_loss_by_hand() -> None:
     # ∂/∂θ_i = −mean_j w_ij · clamp(u_ij, −1, 1): θ_0: −(0.25·0.5 + 0.25·1) / 2; θ_1: −(0.25·−0.5 + 0.75·1) / 2
     loss.sum().backward()
     assert quantiles.grad.flatten().tolist() == pytest.approx([0.0, 0.0, -0.1875, -0.3125])
+    # A target on a quantile (u = 0) adds nothing: θ = [0, 1], T = 1: only θ_0's 0.25 · Huber(1) = 0.125
+    tie = torch.tensor([[[0.0, 1.0]]], requires_grad=True)
+    quantile_huber_loss(tie, torch.tensor([0]), torch.tensor([[1.0]])).sum().backward()
+    assert tie.grad.flatten().tolist() == pytest.approx([-0.25, 0.0])
+    assert quantile_huber_loss(tie, torch.tensor([0]), torch.tensor([[1.0]])).tolist() == pytest.approx([0.125])
     assert torch.allclose(
         quantile_targets(torch.tensor([1.0]), torch.tensor([0.5]), targets), torch.tensor([[1.25, 2.5]])
     )

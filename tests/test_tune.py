@@ -433,7 +433,14 @@ def test_a_fixed_data_seed_with_several_seeds_is_refused(tmp_path: Path) -> None
     the network's initial weights, and the mean over seeds would hide how little it varied."""
     space = str(write_space(tmp_path / "space.yaml", SPACE))
     with pytest.raises(ConfigError, match=r"data.seed=7 fixes .* so --seeds 0 1 would vary only the network's"):
-        tune(config=str(CONFIG), search=space, seeds=[0, 1], fit=[*FAST, "--data.seed=7"])
+        tune(
+            config=str(CONFIG),
+            search=space,
+            seeds=[0, 1],
+            output_dir=str(tmp_path / "out"),
+            fit=[*FAST, "--data.seed=7"],
+        )
+    assert not (tmp_path / "out").exists()  # refused before anything was made
 
 
 def test_a_root_dir_for_the_trials_is_refused_in_favour_of_output_dir(tmp_path: Path) -> None:
