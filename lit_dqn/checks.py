@@ -58,6 +58,15 @@ def check_max_steps_for(field: str, value: object, max_steps: int | None) -> Non
         )
 
 
+MAX_SEED = 2**32 - 1  # NumPy's seeds, and so Lightning's seed_everything, are unsigned 32-bit integers
+
+
+def check_seed(field: str, seed: int) -> None:
+    """A training seed NumPy (through Lightning's ``seed_everything``) accepts: one line, not its ValueError."""
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"{field}={seed} must be in [0, {MAX_SEED}] (NumPy's seeds)")
+
+
 def check_writable(field: str, root: Path, what: str, *, keep: bool = True) -> None:
     """``what`` goes under ``root``: one that cannot be written is one line now, not a traceback at
     the first save (or, for ``tune``, a failed trial each). ``keep=False`` removes the directories the

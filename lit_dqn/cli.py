@@ -26,7 +26,7 @@ from lit_dqn.checkpoints import (
     read_checkpoint,
     report_changed_hyperparameters,
 )
-from lit_dqn.checks import ConfigError, check_writable, one_line
+from lit_dqn.checks import ConfigError, check_seed, check_writable, one_line
 from lit_dqn.data import GymDataModule
 from lit_dqn.episodes import EpisodeStatistics
 from lit_dqn.module import DQN, NonFiniteLossError
@@ -87,6 +87,9 @@ class DQNCLI(LightningCLI):
         super().parse_arguments(parser, args)
         self._checkpoint: tuple[str | None, dict | None] = (None, None)
         subcommand = self.config.get("subcommand")
+        seed = (self.config[subcommand] if subcommand else self.config).get("seed_everything")
+        if type(seed) is int:  # Lightning seeds NumPy with it, which raised a ValueError outside this range
+            check_seed("seed_everything", seed)
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path in _IN_PROCESS_CKPT_NAMES:
             raise ConfigError(

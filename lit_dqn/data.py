@@ -249,6 +249,9 @@ class GymDataModule(L.LightningDataModule):
         check_interval("data.n_step", n_step, 1, math.inf)
         if n_step > 1:
             check_at_least("data.buffer_capacity", buffer_capacity, "2 * data.num_envs", 2 * num_envs)
+        for field, seed_value in (("data.seed", seed), ("data.val_seed", val_seed), ("data.test_seed", test_seed)):
+            if seed_value is not None:  # NumPy's SeedSequence, which seeds the envs and the buffer, takes no negative
+                check_interval(field, seed_value, 0, math.inf)
         check_interval("data.eval_episodes", eval_episodes, 1, math.inf)
         if test_episodes is not None:
             check_interval("data.test_episodes", test_episodes, 1, math.inf)

@@ -14,6 +14,7 @@ from typing import Any, Literal, NamedTuple, NotRequired, TypedDict
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.envs.registration import find_highest_version, parse_env_id
 from gymnasium.vector import AutoresetMode
 from gymnasium.wrappers import FlattenObservation
 from lightning.pytorch.utilities import rank_zero_warn
@@ -283,6 +284,18 @@ class EnvSpec:
         hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         return f"data.env_id={self.env_id!r} cannot be made: {str(error).splitlines()[0]}{hint}"
 
+    def _check_version(self) -> None:
+        """An id without its version (``CartPole``): ``gym.make`` falls back to the latest with a warning,
+        but ``gym.spec`` (evaluation's env, the registered time limit) does not, so it failed at the
+        first validation. One line now, naming the version to give."""
+        register_family(self.env_id)
+        prefix, _, env_name = self.env_id.rpartition(":")
+        namespace, name, version = parse_env_id(env_name)
+        latest = find_highest_version(namespace, name) if version is None and env_name not in gym.registry else None
+        if latest is not None:
+            versioned = f"{prefix}:{env_name}-v{latest}" if prefix else f"{env_name}-v{latest}"
+            raise ConfigError(f"data.env_id={self.env_id!r} needs its version, e.g. {versioned!r} (the latest)")
+
     def check(self) -> CheckedSpaces:
         """Make one env and check DQN can learn it, failing early with one line that says what to change."""
         if ":" in self.env_id:  # Gymnasium imports the module itself, but shows only a missing module well
@@ -294,6 +307,7 @@ class EnvSpec:
                     f"data.env_id={self.env_id!r}: importing its module {module!r} failed: "
                     f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
                 ) from None
+        self._check_version()
         raw_observation_space, raw_action_space, *_ = self._probe
         if not isinstance(raw_action_space, gym.spaces.Discrete):
             raise ConfigError(

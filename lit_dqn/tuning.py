@@ -68,7 +68,7 @@ from jsonargparse.typing import NonNegativeInt, PositiveInt
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from lit_dqn.callbacks import GracefulStop
-from lit_dqn.checks import ConfigError, check_writable, one_line
+from lit_dqn.checks import ConfigError, check_seed, check_writable, one_line
 from lit_dqn.cli import DQNCLI, known_warnings_filtered
 from lit_dqn.data import GymDataModule
 from lit_dqn.module import DQN, NonFiniteLossError
@@ -807,6 +807,8 @@ def _settings(given: dict[str, Any]) -> Settings:
             "end: give a file, e.g. sqlite:///lightning_logs/tune/NAME.db"
         )
     seeds = given["seeds"] if given["seeds"] else [int(base["seed_everything"] or 0)]
+    for seed in seeds:
+        check_seed("seeds", seed)
     if len(seeds) > 1 and base["data.seed"] is not None:
         raise ConfigError(
             f"data.seed={base['data.seed']} fixes every run's env, exploration and replay seeds, so --seeds "

@@ -443,6 +443,14 @@ def test_a_fixed_data_seed_with_several_seeds_is_refused(tmp_path: Path) -> None
     assert not (tmp_path / "out").exists()  # refused before anything was made
 
 
+def test_a_negative_seed_is_refused_before_the_study(tmp_path: Path) -> None:
+    space = str(write_space(tmp_path / "space.yaml", SPACE))
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    with pytest.raises(ConfigError, match=r"seeds=-1 must be in \[0, 4294967295\]"):
+        tune(config=str(CONFIG), search=space, seeds=[0, -1], storage=storage, output_dir=str(tmp_path / "out"))
+    assert not (tmp_path / "study.db").exists() and not (tmp_path / "out").exists()
+
+
 def test_a_root_dir_for_the_trials_is_refused_in_favour_of_output_dir(tmp_path: Path) -> None:
     space = str(write_space(tmp_path / "space.yaml", SPACE))
     with pytest.raises(ConfigError, match=r"trainer.default_root_dir after -- is not used.*give --output_dir"):
