@@ -48,8 +48,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             f"ckpt_path={str(path)!r} does not exist (give a .ckpt file, or 'last' to resume the latest run)"
         )
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # torch's own message suggests weights_only=False: not for a file this broken
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    # UnpicklingError: torch's own message suggests weights_only=False, not for a file this broken; a text
+    # file (a config given by mistake) reaches the unpickler as opcodes: IndexError, KeyError
+    except (pickle.UnpicklingError, IndexError, KeyError):
         raise ConfigError(
             f"ckpt_path={str(path)!r} is not a readable checkpoint: not a file torch.save wrote, or it holds "
             "objects other than tensors and plain containers"
@@ -57,6 +59,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(f"ckpt_path={str(path)!r} is not a readable checkpoint: {first_line}") from None
+    if not isinstance(checkpoint, dict):
+        raise ConfigError(f"ckpt_path={str(path)!r} holds a {type(checkpoint).__name__}, not a checkpoint")
+    return checkpoint
 
 
 # The model values that build the network: a checkpoint's weights fit only a network built alike.
@@ -93,9 +98,16 @@ def check_checkpoint_fits(checkpoint: dict[str, Any], model: torch.nn.Module, pa
     hp, now = checkpoint.get("hyper_parameters", {}), dict(model.hparams)
     differ = [key for key in NETWORK_KEYS if key in hp and key in now and not same_value(hp[key], now[key])]
     atoms = now.get("distributional") == "c51" and ({"v_min", "v_max"} & set(differ))
-    if mismatches or missing or atoms:
+    # Another head can have the same shapes (1 quantile, or as many quantiles as C51's atoms): its
+    # weights would be read as another kind of Q-value
+    head = "distributional" in differ
+    if mismatches or missing or atoms or head:
         keys = differ or ["obs_dim", "n_actions", "hidden_sizes", "dueling"]
-        detail = "; ".join(mismatches[:2]) or (f"missing {', '.join(missing[:2])}" if missing else "C51's atoms")
+        detail = (
+            "; ".join(mismatches[:2])
+            or (f"missing {', '.join(missing[:2])}" if missing else "")
+            or ("another kind of Q-value" if head else "C51's atoms")
+        )
         raise ConfigError(
             f"ckpt_path={str(path)!r} does not fit this model: it was trained with "
             f"{', '.join(f'{key}={hp.get(key)!r}' for key in keys)}, the config gives "
@@ -130,13 +142,16 @@ def report_changed_hyperparameters(
         print(f"Resuming with values that differ from the checkpoint's: {', '.join(changed)}{hint}", file=sys.stderr)
 
 
+LAST_FILES = "last*.ckpt"  # last.ckpt, or Lightning's last-vN.ckpt beside an earlier run's in the same folder
+
+
 def latest_last_checkpoint(log_root: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The most recently written readable ``last.ckpt`` under ``log_root`` (``version_*/checkpoints/``
-    or ``checkpoints/``)
-    and its contents. A newer one that cannot be read (cut short by a full disk, say) is skipped,
-    with one line saying so."""
-    # checkpoints/ directly under the root: a run without a logger (``trainer.logger: false``)
-    found = [*log_root.glob("version_*/checkpoints/last.ckpt"), *log_root.glob("checkpoints/last.ckpt")]
+    """The most recently written readable ``last.ckpt`` (or ``last-vN.ckpt``) under ``log_root``
+    (``version_*/checkpoints/`` or ``checkpoints/``) and its contents. A newer one that cannot be
+    read (cut short by a full disk, say) is skipped, with one line saying so."""
+    # checkpoints/ directly under the root: runs without a logger (``trainer.logger: false``), which
+    # share it, so Lightning names a later run's last-v1.ckpt, last-v2.ckpt, ...
+    found = [*log_root.glob(f"version_*/checkpoints/{LAST_FILES}"), *log_root.glob(f"checkpoints/{LAST_FILES}")]
     candidates = sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
     for path in candidates:
         try:
@@ -148,12 +163,13 @@ def latest_last_checkpoint(log_root: Path) -> tuple[Path, dict[str, Any]] | None
 
 def checkpoint_in(path: Path) -> Path:
     """The file ``--ckpt_path`` names: a file as it is; for a directory (a run, or its ``checkpoints/``)
-    its ``last.ckpt``, else its newest ``.ckpt``; a directory with none is one line."""
+    its newest ``last.ckpt`` / ``last-vN.ckpt``, else its newest ``.ckpt``; a directory with none is one line."""
     if not path.is_dir():
         return path
     for folder in (path, path / "checkpoints"):
-        if (folder / "last.ckpt").is_file():
-            return folder / "last.ckpt"
+        lasts = list(folder.glob(LAST_FILES))
+        if lasts:
+            return max(lasts, key=lambda p: p.stat().st_mtime)
     found = [*path.glob("*.ckpt"), *path.glob("checkpoints/*.ckpt")]
     if not found:
         raise ConfigError(

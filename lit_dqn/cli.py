@@ -8,6 +8,7 @@ import traceback
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from jsonargparse import ArgumentError, auto_cli
 from lightning.pytorch import Trainer
@@ -26,7 +27,7 @@ from lit_dqn.checkpoints import (
     read_checkpoint,
     report_changed_hyperparameters,
 )
-from lit_dqn.checks import ConfigError, check_seed, check_writable, one_line
+from lit_dqn.checks import ConfigError, check_max_steps_for, check_seed, check_writable, one_line
 from lit_dqn.data import GymDataModule
 from lit_dqn.episodes import EpisodeStatistics
 from lit_dqn.module import DQN, NonFiniteLossError
@@ -113,9 +114,25 @@ class DQNCLI(LightningCLI):
         against the checkpoint before training). ``validate`` and ``test`` still rebuild the model
         as it was trained.
         """
-        if self.config.get("subcommand") != "fit":
+        subcommand = self.config.get("subcommand")
+        if subcommand != "fit":
+            if subcommand and self.config[subcommand].get("ckpt_path") == "last":  # the file, before the model
+                path, checkpoint = self._last_checkpoint(_log_root(self.config[subcommand]["trainer"]))
+                self.config[subcommand]["ckpt_path"] = str(path)
+                self._checkpoint = (str(path), checkpoint)
+                print(f"Scoring {path}", file=sys.stderr)
             super()._parse_ckpt_path()
             self._data_from_checkpoint()
+
+    @staticmethod
+    def _last_checkpoint(root: Path) -> tuple[Path, dict]:
+        found = latest_last_checkpoint(root)
+        if found is None:
+            raise ConfigError(
+                f"ckpt_path='last' found no readable {root}/version_*/checkpoints/last.ckpt "
+                f"(or {root}/checkpoints/last.ckpt)"
+            )
+        return found
 
     def _data_from_checkpoint(self) -> None:
         """``validate`` and ``test`` rebuild the data module the checkpoint was trained with: its env
@@ -181,7 +198,8 @@ class DQNCLI(LightningCLI):
                     f"--{key} is not used: the module makes its own optimizer, AMSGrad AdamW at model.lr "
                     "(manual optimization: Lightning would never step a scheduler)"
                 )
-        check_writable("trainer.default_root_dir", Path(trainer.default_root_dir), "logs and checkpoints")
+        # keep=False: Lightning makes the folder when it first writes; a refusal below leaves none behind
+        check_writable("trainer.default_root_dir", Path(trainer.default_root_dir), "logs and checkpoints", keep=False)
         _check_trainer_flags(trainer, fitting=self.subcommand in (None, "fit"))
         if config.get("min_epochs") is None:
             # Lightning makes min_steps imply min_epochs=1, and the replay stream's one epoch never
@@ -196,6 +214,12 @@ class DQNCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._resolve_ckpt_path("fit")
+        # The schedules' checks of setup, before Lightning writes config.yaml into a new run directory
+        max_steps = self.trainer.max_steps
+        if self.model.hparams.eps_schedule == "linear":
+            check_max_steps_for("model.eps_schedule", "linear", max_steps)
+        if self.datamodule.hparams.prioritized:
+            check_max_steps_for("data.prioritized", "true", max_steps)
 
     def before_validate(self) -> None:
         self._resolve_ckpt_path("validate")
@@ -219,19 +243,18 @@ class DQNCLI(LightningCLI):
             self.config_init[subcommand]["ckpt_path"] = None
             print(f"Scoring the untrained network (--ckpt_path {UNTRAINED})", file=sys.stderr)
             return
+        if ckpt_path == "hpc" and not any(Path(self.trainer.default_root_dir).glob("hpc_ckpt_*.ckpt")):
+            raise ConfigError(  # Lightning's ValueError came after the run directory was made
+                f"ckpt_path='hpc' found no hpc_ckpt_N.ckpt (SLURM's requeue checkpoint) in "
+                f"{self.trainer.default_root_dir}: give a .ckpt file, a run directory, or 'last'"
+            )
         if ckpt_path is None or ckpt_path in _LIGHTNING_CKPT_NAMES:
             return
         cached_path, checkpoint = self._checkpoint
-        if ckpt_path == "last":
+        if ckpt_path == "last":  # fit's (validate and test found theirs in _parse_ckpt_path)
             logger = self.trainer.logger
             root = Path(logger.root_dir) if logger is not None else Path(self.trainer.default_root_dir)
-            found = latest_last_checkpoint(root)
-            if found is None:
-                raise ConfigError(
-                    f"ckpt_path='last' found no readable {root}/version_*/checkpoints/last.ckpt "
-                    f"(or {root}/checkpoints/last.ckpt)"
-                )
-            path, checkpoint = found
+            path, checkpoint = self._last_checkpoint(root)
             ckpt_path = cached_path = str(path)
             self.config_init[subcommand]["ckpt_path"] = ckpt_path
             print(f"Resuming from {ckpt_path}", file=sys.stderr)
@@ -241,6 +264,21 @@ class DQNCLI(LightningCLI):
         check_checkpoint_fits(checkpoint, self.model, ckpt_path)
         if subcommand == "fit":
             report_changed_hyperparameters(checkpoint, self.model, self.datamodule, ckpt_path)
+
+
+def _log_root(trainer: Any) -> Path:
+    """Where the configured logger's runs go (``version_N/`` under it), read from the parsed trainer
+    config before anything is built: ``default_root_dir`` (``trainer.logger: false``), or the logger's
+    ``save_dir`` (linked to it) joined with its ``name`` (``lightning_logs`` by default, as Lightning's)."""
+    root = Path(_root_or_cwd(trainer.get("default_root_dir")))
+    logger = trainer.get("logger")
+    if isinstance(logger, list):
+        logger = logger[0] if logger else False
+    if logger is False:
+        return root
+    init_args = getattr(logger, "init_args", None) or {}
+    name = init_args.get("name", "lightning_logs") if hasattr(init_args, "get") else "lightning_logs"
+    return root / name if name else root
 
 
 def _instantiated_key(error: BaseException) -> str | None:

@@ -1,3 +1,4 @@
+import shutil
 import subprocess
 import sys
 from unittest import mock
@@ -188,6 +189,19 @@ def test_validate_takes_the_checkpoints_data_unless_given(
     assert cli.datamodule.hparams.warmup_steps == 300  # the checkpoint's, never given here
 
 
+def test_validate_last_rebuilds_the_model_the_checkpoint_was_trained_with(fit_run: FitRun, tmp_path) -> None:
+    """``--ckpt_path last`` was found only after the model and data module were built from the
+    config, so ``validate``/``test`` refused a checkpoint of another network (or scored with the
+    config's data values); it is found first now, as a file given by path is."""
+    shutil.copytree(fit_run.run_dir.parent, tmp_path / "lightning_logs")
+    trained = torch.load(fit_run.run_dir / "checkpoints" / "last.ckpt", weights_only=False)["hyper_parameters"]
+    args = ["validate", "--ckpt_path=last", "--model.hidden_sizes=[8]", "--trainer.accelerator=cpu"]
+    with mock.patch.object(sys, "argv", ["lit_dqn"]):
+        cli = DQNCLI(DQN, GymDataModule, args=[*args, f"--trainer.default_root_dir={tmp_path}"])
+    assert list(cli.model.hparams.hidden_sizes) == list(trained["hidden_sizes"]) != [8]
+    assert cli.datamodule.hparams.eval_episodes == 10  # the checkpoint's, as for a path
+
+
 def test_max_episodes_stops_training(tmp_path) -> None:
     # one env and a tiny warm-up, so episodes end one per step at most and the count is exact
     args = [*SHORT_FIT, "--model.max_episodes=5", "--data.batch_size=8", "--data.warmup_steps=8"]
@@ -252,6 +266,13 @@ def test_without_a_logger_plots_videos_and_last_go_to_the_root_dir(tmp_path, mon
     assert list((tmp_path / "videos").rglob("seed-2000000.*"))
     found = latest_last_checkpoint(tmp_path)
     assert found is not None and found[0] == tmp_path / "checkpoints/last.ckpt"
+    # a second such run (its config.yaml moved away: Lightning refuses to replace it) shares checkpoints/,
+    # where Lightning names its last last-v1.ckpt: that is the newest
+    (tmp_path / "config.yaml").rename(tmp_path / "first-config.yaml")
+    cli, _ = make_cli(tmp_path, "--trainer.logger=false", "--trainer.max_steps=40", *SMALL_WARMUP)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    found = latest_last_checkpoint(tmp_path)
+    assert found is not None and found[0] == tmp_path / "checkpoints/last-v1.ckpt" and found[1]["global_step"] == 40
 
 
 @pytest.mark.parametrize("listed", [False, True], ids=["added", "listed-in-the-config"])

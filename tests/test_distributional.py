@@ -279,6 +279,12 @@ def test_a_checkpoint_fits_only_a_network_built_alike_c51_atoms_included() -> No
         )
     quantiles = DQN(4, 2, distributional="qr_dqn", v_max=100.0)  # v_min, v_max: not QR-DQN's, free to differ
     check_checkpoint_fits(checkpoint_of(quantiles), DQN(4, 2, distributional="qr_dqn"), "x.ckpt")
+    # another head of the same shapes: the plain head's Q-values as 1 quantile, C51's 51 logits as 51 quantiles
+    plain = DQN(4, 2)
+    with pytest.raises(ConfigError, match=r"distributional=None.*distributional='qr_dqn'.*another kind of Q-value"):
+        check_checkpoint_fits(checkpoint_of(plain), DQN(4, 2, distributional="qr_dqn", num_quantiles=1), "x.ckpt")
+    with pytest.raises(ConfigError, match=r"distributional='c51'.*distributional='qr_dqn'.*another kind of Q-value"):
+        check_checkpoint_fits(checkpoint_of(c51), DQN(4, 2, distributional="qr_dqn", num_quantiles=51), "x.ckpt")
 
 
 @pytest.mark.parametrize("head", ["c51", "qr_dqn"])

@@ -4,6 +4,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
+
+from lit_dqn.checkpoints import read_checkpoint
+from lit_dqn.checks import ConfigError
 
 from .conftest import CONFIG, SHORT_FIT, FitRun, run_cli, run_main
 
@@ -46,6 +50,8 @@ BAD_INPUTS = [
     ),
     (["--trainer.accelerator=tpux"], ["trainer:", "accelerator", "cpu"]),
     (["--ckpt_path=missing.ckpt"], ["ckpt_path='missing.ckpt' does not exist"]),
+    (["--ckpt_path=hpc"], ["ckpt_path='hpc' found no hpc_ckpt_N.ckpt"]),
+    (["--ckpt_path=hpc", "--trainer.default_root_dir=new/root"], ["ckpt_path='hpc' found no hpc_ckpt_N.ckpt"]),
     (["--ckpt_path=lightning_logs/empty"], ["ckpt_path='lightning_logs/empty' is a directory with no .ckpt"]),
     (["--trainer.default_root_dir=/proc/lit_dqn_runs"], ["trainer.default_root_dir='/proc/lit_dqn_runs' cannot be"]),
     (["--model.target_update_interval=0"], ["model.target_update_interval=0", ">= 1"]),
@@ -125,7 +131,8 @@ def test_bad_input_is_one_clear_line(
     result = run_main(["fit", "--config", str(CONFIG), *SHORT_FIT, *args], run_dir_with_history, monkeypatch, capsys)
     assert_clean_error(result, fragments)
     after = snapshot(run_dir_with_history)
-    assert {k: v for k, v in after.items() if k in before} == before  # nothing deleted or rewritten
+    assert after == before  # nothing deleted, rewritten or added
+    assert not (run_dir_with_history / "new").exists()  # nor an empty folder
 
 
 def test_unknown_key_in_a_yaml_config(run_dir_with_history: Path) -> None:
@@ -143,6 +150,19 @@ def test_corrupt_checkpoint(damage: str, run_dir_with_history: Path) -> None:
     result = run_cli("fit", "--config", str(CONFIG), *SHORT_FIT, "--ckpt_path", str(bad), cwd=run_dir_with_history)
     assert_clean_error(result, [f"ckpt_path='{bad}' is not a readable checkpoint"])
     assert snapshot(run_dir_with_history) == before
+
+
+@pytest.mark.parametrize("content", [b"trainer:\n  max_steps: 100\n", b"hello", b"(", "a tensor"])
+def test_a_file_that_is_no_checkpoint_is_one_line(content: bytes | str, tmp_path: Path) -> None:
+    """A config given as ``--ckpt_path`` by mistake reached torch's unpickler as opcodes: IndexError
+    or KeyError tracebacks; a file holding a bare tensor failed later, reading it as a dict."""
+    path = tmp_path / "x.ckpt"
+    if content == "a tensor":
+        torch.save(torch.zeros(3), path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ConfigError, match=r"ckpt_path='.*x.ckpt' (is not a readable checkpoint|holds a Tensor)"):
+        read_checkpoint(path)
 
 
 def test_checkpoint_from_another_env_names_the_shapes(run_dir_with_history: Path) -> None:
