@@ -207,6 +207,9 @@ class DQNCLI(LightningCLI):
             trainer.fit_loop.min_epochs = 0
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # keep a plugin the user chose
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        for callback in trainer.checkpoint_callbacks:  # Lightning's default one too (a config with none)
+            if callback.save_last is None:  # unset (not false): every run's last.ckpt holds its final state
+                callback.save_last = True
         if EpisodeStatistics.of(trainer) is None:  # the episode curves, means and progress-bar figures
             trainer.callbacks.append(EpisodeStatistics())
         trainer.callbacks.append(GracefulStop())

@@ -202,6 +202,24 @@ def test_validate_last_rebuilds_the_model_the_checkpoint_was_trained_with(fit_ru
     assert cli.datamodule.hparams.eval_episodes == 10  # the checkpoint's, as for a path
 
 
+def test_a_run_without_a_config_keeps_its_final_state_in_last_ckpt(tmp_path) -> None:
+    """With no checkpoint callback configured, Lightning's default one kept only the checkpoint of
+    the last validation (``epoch=0-step=100.ckpt``): the updates after it were lost, and
+    ``--ckpt_path last`` found nothing."""
+    args = ["--data.env_id=CartPole-v1", "--trainer.max_steps=150", "--trainer.val_check_interval=100"]
+    args += [
+        *SMALL_WARMUP,
+        "--data.eval_episodes=2",
+        "--trainer.accelerator=cpu",
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
+    with mock.patch.object(sys, "argv", ["lit_dqn"]):
+        cli = DQNCLI(DQN, GymDataModule, args=args, run=False)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    found = latest_last_checkpoint(tmp_path / "lightning_logs")
+    assert found is not None and found[1]["global_step"] == 150
+
+
 def test_max_episodes_stops_training(tmp_path) -> None:
     # one env and a tiny warm-up, so episodes end one per step at most and the count is exact
     args = [*SHORT_FIT, "--model.max_episodes=5", "--data.batch_size=8", "--data.warmup_steps=8"]
