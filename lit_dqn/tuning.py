@@ -225,6 +225,7 @@ class Settings:
     sampler_seed: int | None
     max_steps: int = 0  # the config's trainer.max_steps (0: none), to keep each seed's reports apart
     threads: int | None = None  # torch threads of a spawned worker
+    output_dir_given: bool = False  # --output_dir on the command line (else the default, or the study's own)
     parameters: list[Parameter] = field(default_factory=list)
 
 
@@ -645,6 +646,8 @@ def create_study(settings: Settings) -> optuna.Study:
     """Create the study, or load it if it exists and was made for the same experiment."""
     direction = OBJECTIVES[settings.objective]
     storage = open_storage(settings.storage)
+    if _one_machine(settings) and settings.study_name not in optuna.study.get_all_study_names(storage):
+        _check_output_dir_free(settings.output_dir)  # before a study is made for nothing
     study = optuna.create_study(
         study_name=settings.study_name, storage=storage, direction=direction, load_if_exists=True
     )
@@ -675,7 +678,57 @@ def create_study(settings: Settings) -> optuna.Study:
                 f"study {settings.study_name!r} was made with {key}={study.user_attrs[key]!r}, not {value!r}: "
                 "give another --study_name to start a new study"
             )
+    _claim_output_dir(settings, study)
     return study
+
+
+STUDY_MARKER = ".lit_dqn_study"  # in an output folder: the token of the study whose runs it holds
+
+
+def _claim_output_dir(settings: Settings, study: optuna.Study) -> None:
+    """One study's runs in one folder, and one folder per study. A continued study goes on in its
+    own folder (``settings.output_dir`` becomes it); a folder that holds another study's runs (two
+    SQLite files with the same study name side by side, or a study made again after its database
+    was deleted) is refused: its trial_NNNN and best.yaml would be mixed with or replaced by this one's.
+
+    SQLite only: a study in a server's database is shared by machines, each with its own folder."""
+    if not _one_machine(settings):
+        return
+    attrs = study.user_attrs
+    folder = str(Path(settings.output_dir).resolve())
+    kept = attrs.get("output_dir")
+    if kept is None:
+        study.set_user_attr("output_dir", folder)
+    elif kept != folder:
+        if settings.output_dir_given:
+            raise ConfigError(
+                f"study {settings.study_name!r} keeps its runs in {kept}: leave --output_dir out to continue it "
+                "there, or give another --study_name to start a new study"
+            )
+        settings.output_dir = folder = kept
+    token = attrs.get("output_token")
+    if token is None:
+        token = os.urandom(8).hex()
+        study.set_user_attr("output_token", token)
+    _check_output_dir_free(folder, token)
+    marker = Path(folder) / STUDY_MARKER
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"{token}\n")
+
+
+def _one_machine(settings: Settings) -> bool:
+    """Whether the study's storage is an SQLite file, which one machine's commands share."""
+    return settings.storage.startswith("sqlite")
+
+
+def _check_output_dir_free(folder: str, token: str | None = None) -> None:
+    """``folder`` holds no runs of a study other than the one of ``token`` (``None``: a new study's)."""
+    marker = Path(folder) / STUDY_MARKER
+    if marker.is_file() and marker.read_text().strip() != token:
+        raise ConfigError(
+            f"output_dir={folder!r} holds the runs of another study (its trial_NNNN and best.yaml): give "
+            "another --output_dir, or move that folder away"
+        )
 
 
 def write_results(settings: Settings, study: optuna.Study) -> Path | None:
@@ -823,8 +876,9 @@ def _settings(given: dict[str, Any]) -> Settings:
             "objective='env_steps_to_solve' needs a return to reach: give --threshold, or an EarlyStopping "
             "callback with stopping_threshold in the config"
         )
-    # After the checks above, so that a refusal leaves no empty output folder behind
-    check_writable("output_dir", Path(output_dir), "every trial's runs and best.yaml")
+    # Last, and keep=False: a refusal leaves no empty folder, and a continued study goes on in its own
+    # (_claim_output_dir), which may not be this default
+    check_writable("output_dir", Path(output_dir), "every trial's runs and best.yaml", keep=False)
     n_jobs = given["n_jobs"]
     # Each seed's reports start past every step the one before could report: past the largest
     # max_steps a trial can have, the searched values' if trainer.max_steps is searched (0: unbounded).
@@ -841,6 +895,7 @@ def _settings(given: dict[str, Any]) -> Settings:
         storage=storage,
         study_name=study_name,
         output_dir=output_dir,
+        output_dir_given=given["output_dir"] is not None,
         pruner=given["pruner"],
         n_startup_trials=given["n_startup_trials"],
         n_warmup_steps=max(min(budgets), 0) // 3 if given["n_warmup_steps"] is None else given["n_warmup_steps"],

@@ -451,6 +451,31 @@ def test_a_negative_seed_is_refused_before_the_study(tmp_path: Path) -> None:
     assert not (tmp_path / "study.db").exists() and not (tmp_path / "out").exists()
 
 
+def test_one_output_folder_per_study(tmp_path: Path, capsys) -> None:
+    """Two SQLite files side by side with the same study name defaulted to one folder, where the
+    second's trial_0000 runs and best.yaml mixed with and replaced the first's. Each study now claims
+    its folder, and a continued study goes on in its own."""
+    space = str(write_space(tmp_path / "space.yaml", SPACE))
+    fit = [*FAST, "--trainer.max_steps=100"]
+    first = f"sqlite:///{tmp_path / 'a.db'}"
+    assert tune(config=str(CONFIG), search=space, n_trials=1, storage=first, fit=fit) == 0
+    assert (tmp_path / "cartpole" / "trial_0000").is_dir()  # beside a.db, named after the study
+    second = f"sqlite:///{tmp_path / 'b.db'}"
+    with pytest.raises(ConfigError, match=r"output_dir='.*cartpole' holds the runs of another study"):
+        tune(config=str(CONFIG), search=space, n_trials=1, storage=second, fit=fit)
+    assert not (tmp_path / "b.db").exists() or "cartpole" not in optuna.study.get_all_study_names(second)
+    with pytest.raises(ConfigError, match=r"study 'cartpole' keeps its runs in .*cartpole: leave --output_dir out"):
+        tune(config=str(CONFIG), search=space, n_trials=1, storage=first, output_dir=str(tmp_path / "new"), fit=fit)
+    # moved with its database, a study continues in its own folder, not in the new default beside it
+    (tmp_path / "moved").mkdir()
+    shutil.move(tmp_path / "a.db", tmp_path / "moved" / "a.db")
+    capsys.readouterr()
+    moved = f"sqlite:///{tmp_path / 'moved' / 'a.db'}"
+    assert tune(config=str(CONFIG), search=space, n_trials=1, storage=moved, fit=fit) == 0
+    assert f"runs in {tmp_path / 'cartpole'}" in capsys.readouterr().err
+    assert (tmp_path / "cartpole" / "trial_0001").is_dir() and not (tmp_path / "moved" / "cartpole").exists()
+
+
 def test_a_root_dir_for_the_trials_is_refused_in_favour_of_output_dir(tmp_path: Path) -> None:
     space = str(write_space(tmp_path / "space.yaml", SPACE))
     with pytest.raises(ConfigError, match=r"trainer.default_root_dir after -- is not used.*give --output_dir"):
