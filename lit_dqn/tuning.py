@@ -233,12 +233,18 @@ def check_search_space(config: str, fit_args: Sequence[str], parameters: Sequenc
     """Parse and build the model and data module at every end of every range (one line for the first
     that fails); return the study's base config (as ``fit`` parses it)."""
     with _quiet_lightning():
-        try:
-            cli = _ParseOnlyCLI(DQN, GymDataModule, args=["--config", config, *fit_args], run=False)
+        given = "the config" if not fit_args else "the config or the fit arguments after --"
+        try:  # exit_on_error: jsonargparse's error as one line, not its usage text
+            args = ["--config", config, *fit_args]
+            cli = _ParseOnlyCLI(DQN, GymDataModule, args=args, run=False, parser_kwargs={"exit_on_error": False})
         except ArgumentError as error:
-            raise ConfigError(f"config: {one_line(error)}") from None
+            raise ConfigError(f"{given}: {one_line(error)}") from None
         base = cli.config
         _check_trials_validate(base)
+        try:  # before the search space's values: a value of theirs is not the search space's fault
+            _instantiate(cli.parser, base)
+        except (ArgumentError, ValueError, TypeError) as error:  # ConfigError included
+            raise ConfigError(f"{given}: {one_line(error)}") from None
         keys = sorted(base.keys())
         for parameter in parameters:
             if parameter.key in {"config", "seed_everything", "data.seed"}:

@@ -412,6 +412,23 @@ def test_a_bad_search_space_is_one_line_before_any_trial(space: dict, message: s
 
 
 @pytest.mark.parametrize(
+    ("fit", "message"),
+    [
+        (["--data.lrr", "3"], "the config or the fit arguments after --: unrecognized arguments: --data.lrr 3"),
+        (["--model.gamma", "2"], "the config or the fit arguments after --: model.gamma=2.0 is not allowed"),
+    ],
+)
+def test_bad_fit_arguments_are_one_line_naming_them(fit: list[str], message: str, tmp_path: Path, capsys) -> None:
+    """jsonargparse's usage text (78 lines) for an unknown key; a refused value blamed on the search space."""
+    path = write_space(tmp_path / "space.yaml", SPACE)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    code = main(["tune", "--config", str(CONFIG), "--search", str(path), "--storage", storage, "--", *fit])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "study.db").exists()
+
+
+@pytest.mark.parametrize(
     ("storage", "message"),
     [
         ("not a url", "storage='not a url' cannot be opened (ArgumentError"),
