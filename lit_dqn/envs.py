@@ -8,6 +8,7 @@ it, so an agent is always scored and filmed on the env it learned.
 import difflib
 import functools
 import importlib
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, NotRequired, TypedDict
@@ -41,11 +42,11 @@ ENV_SPEC_KEYS = ("env_id", "env_kwargs", "wrappers", "image_layout", "action_mas
 
 
 class WrapperSpec(TypedDict):
-    """A Gymnasium wrapper by class path, as LightningCLI names classes: built as
-    ``class_path(env, **init_args)`` around the env."""
+    """A Gymnasium wrapper around the env, built as class_path(env, **init_args)."""
 
     class_path: str  # e.g. gymnasium.wrappers.FlattenObservation, or mypkg.wrappers.MyWrapper
-    init_args: NotRequired[dict[str, Any]]  # keyword arguments after the env
+    # Keyword arguments after the env; a function (a Callable parameter) by its dotted path: numpy.sign
+    init_args: NotRequired[dict[str, Any]]
 
 
 def register_family(env_id: str) -> None:
@@ -209,7 +210,8 @@ class EnvSpec:
                     f"data.wrappers[{i}].class_path={wrapper['class_path']!r} cannot be imported: "
                     f"{type(error).__name__}: {message}"
                 ) from None
-            factories.append(functools.partial(_wrap, i, cls, dict(wrapper.get("init_args") or {})))
+            init_args = _functions_imported(i, cls, dict(wrapper.get("init_args") or {}))
+            factories.append(functools.partial(_wrap, i, cls, init_args))
         return factories
 
     def _make_raw(self, *, training: bool, **make_kwargs: Any) -> gym.Env:
@@ -326,6 +328,14 @@ class EnvSpec:
             and len(shape) == 3
             and observation_space.dtype in (np.uint8, np.bool_)
         )
+        frames = isinstance(observation_space, gym.spaces.Box) and len(shape) == 2
+        if frames and observation_space.dtype in (np.uint8, np.bool_):  # grayscale: give it a channel axis
+            stack = "{class_path: gymnasium.wrappers.FrameStackObservation, init_args: {stack_size: 1}}"
+            raise ConfigError(
+                f"data.env_id={self.env_id!r} gives 2-D frames {tuple(shape)}; the CNN takes an image with a channel "
+                f"axis: data.wrappers: [{stack}] (last in the list; stack_size 4 stacks the last 4 frames) and "
+                "data.image_layout: channels_first"
+            )
         if not (flat or image):
             flatten = "{class_path: gymnasium.wrappers.FlattenObservation}"
             raise ConfigError(
@@ -457,6 +467,30 @@ def _mask_source(env: gym.Env) -> tuple[Literal["info", "method", "reset"] | Non
     if method:
         return "method", int(np.asarray(env.get_wrapper_attr("action_masks")()).size)
     return None, 0
+
+
+def _functions_imported(index: int, cls: type, init_args: dict[str, Any]) -> dict[str, Any]:
+    """``init_args`` with each string given for a parameter annotated ``Callable`` imported by its dotted
+    path (``func: numpy.sign`` for ``TransformReward``): YAML and the command line have no functions,
+    and the string itself failed at the first step ("'str' object is not callable")."""
+    parameters = inspect.signature(cls.__init__).parameters
+    imported = dict(init_args)
+    for key, value in init_args.items():
+        parameter = parameters.get(key)
+        if parameter is None or not isinstance(value, str) or "Callable" not in str(parameter.annotation):
+            continue
+        try:
+            function = _import_class(value)
+        except Exception as error:  # the user's module: whatever it raises, one line naming it
+            message = str(error).splitlines()[0] if str(error) else ""
+            raise ConfigError(
+                f"data.wrappers[{index}].init_args.{key}={value!r} cannot be imported: {type(error).__name__}: "
+                f"{message}; give a function's dotted path, e.g. numpy.sign"
+            ) from None
+        if not callable(function):
+            raise ConfigError(f"data.wrappers[{index}].init_args.{key}={value!r} is not a function")
+        imported[key] = function
+    return imported
 
 
 def _wrap(index: int, cls: type, init_args: dict[str, Any], env: gym.Env) -> gym.Env:

@@ -22,7 +22,7 @@ from gymnasium.wrappers import RenderCollection
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 
-from lit_dqn.checkpoints import read_checkpoint
+from lit_dqn.checkpoints import checkpoint_in, latest_last_checkpoint, read_checkpoint
 from lit_dqn.checks import ConfigError, check_writable
 from lit_dqn.envs import EVAL_STEP_CAP, EnvSpec
 from lit_dqn.module import DQN
@@ -264,7 +264,8 @@ def record_checkpoint(
     """Record greedy episodes of a trained agent as mp4 videos (its checkpoint says which env and network).
 
     Args:
-        ckpt_path: a checkpoint ``fit`` wrote, e.g. ``lightning_logs/version_0/checkpoints/last.ckpt``.
+        ckpt_path: a checkpoint ``fit`` wrote, e.g. ``lightning_logs/version_0/checkpoints/last.ckpt``; a
+            run directory (its ``last.ckpt``), or ``last`` (the newest under ``./lightning_logs``).
         episodes: episodes to record, one video each, ``seed-<env seed>.mp4``.
         seed: env seed of the first episode, the next one seed + 1 and so on (default: the run's
             ``data.test_seed``, start states neither training nor validation used).
@@ -278,8 +279,16 @@ def record_checkpoint(
         raise ConfigError(f"seed={seed} must be 0 or more: Gymnasium's env seeds are non-negative")
     if fps is not None and not fps > 0:  # NaN included
         raise ConfigError(f"fps={fps} must be above 0 (or left out: the env's render_fps)")
-    checkpoint = read_checkpoint(ckpt_path)  # a wrong path is named first, extra or not
-    path = Path(ckpt_path)
+    if ckpt_path == "last":  # as fit's --ckpt_path: the newest under ./lightning_logs
+        found = latest_last_checkpoint(Path("lightning_logs"))
+        if found is None:
+            raise ConfigError("ckpt_path='last' found no readable lightning_logs/version_*/checkpoints/last.ckpt")
+        path, checkpoint = found
+    else:
+        path = checkpoint_in(Path(ckpt_path))  # a run directory: its last.ckpt
+        checkpoint = read_checkpoint(path)  # a wrong path is named first, extra or not
+    if str(path) != ckpt_path:
+        print(f"Using {path}", file=sys.stderr)
     run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     folder = Path(output_dir) if output_dir is not None else run / "videos" / path.stem
     check_writable("output_dir", folder, "the videos", keep=False)  # made when the first video is written

@@ -82,13 +82,13 @@ class Grid(gym.Env):
 
 
 class Pixels(gym.Env):
-    """uint8 images ``(10, 10, 3)`` whose pixels run from 0 to ``high``: 1 for a binary grid that an
-    env author stores as bytes, 255 for a camera's."""
+    """uint8 images ``shape`` (``(10, 10, 3)``; ``(H, W)`` for grayscale frames) whose pixels run from
+    0 to ``high``: 1 for a binary grid that an env author stores as bytes, 255 for a camera's."""
 
     action_space = gym.spaces.Discrete(2)
 
-    def __init__(self, high: int = 1) -> None:
-        self.observation_space = gym.spaces.Box(0, high, shape=(10, 10, 3), dtype=np.uint8)
+    def __init__(self, high: int = 1, shape: tuple[int, ...] = (10, 10, 3)) -> None:
+        self.observation_space = gym.spaces.Box(0, high, shape=tuple(shape), dtype=np.uint8)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)

@@ -145,6 +145,32 @@ def test_discrete_observations_are_one_hot(tmp_path) -> None:
     assert set(obs.argmax(dim=1).tolist()) <= set(range(16)) and len(set(obs.argmax(dim=1).tolist())) > 1
 
 
+def test_a_wrappers_function_is_given_by_its_dotted_path() -> None:
+    """``TransformReward``'s ``func`` from YAML is a string: it was passed as it is and failed at the
+    first step ("'str' object is not callable"); a Callable parameter's string is now imported."""
+    negated = {"class_path": "gymnasium.wrappers.TransformReward", "init_args": {"func": "operator.neg"}}
+    spec = EnvSpec("CartPole-v1", {}, (negated,))
+    spec.check()
+    env = spec.make()
+    env.reset(seed=0)
+    assert env.step(0)[1] == -1.0  # CartPole's +1, negated
+    for bad, message in (("operator.nope", "cannot be imported: AttributeError"), ("math.pi", "is not a function")):
+        wrapper = {"class_path": "gymnasium.wrappers.TransformReward", "init_args": {"func": bad}}
+        with pytest.raises(ConfigError, match=rf"data.wrappers\[0\].init_args.func='{bad}' {message}"):
+            EnvSpec("CartPole-v1", {}, (wrapper,)).check()
+
+
+def test_grayscale_frames_name_the_wrapper_that_adds_a_channel() -> None:
+    """2-D uint8 frames were told to be flattened (the MLP); the hint now gives them a channel axis,
+    and following it gives the CNN its image."""
+    hint = r"data.wrappers: \[\{class_path: gymnasium.wrappers.FrameStackObservation, init_args: \{stack_size: 1\}\}\]"
+    with pytest.raises(ConfigError, match=rf"gives 2-D frames \(6, 7\);.*{hint}.*channels_first"):
+        EnvSpec("tests.own_envs:Pixels-v0", {"shape": [6, 7]}).check()
+    stack = {"class_path": "gymnasium.wrappers.FrameStackObservation", "init_args": {"stack_size": 1}}
+    checked = EnvSpec("tests.own_envs:Pixels-v0", {"shape": [6, 7]}, (stack,), "channels_first").check()
+    assert checked.observation_space.shape == (1, 6, 7) and checked.observation_space.dtype == np.uint8
+
+
 def test_dict_and_tuple_observations_name_the_wrapper_that_flattens_them() -> None:
     hint = r"data.wrappers: \[\{class_path: gymnasium.wrappers.FlattenObservation\}\]"
     for env_id in ("tests.own_envs:Parts-v0", "Blackjack-v1"):

@@ -100,6 +100,18 @@ def test_record_names_videos_by_env_seed_and_keeps_fits_video(fit_run: FitRun, t
     assert fit_video.read_bytes() == before
 
 
+def test_record_takes_a_run_directory_or_last(fit_run: FitRun, tmp_path: Path, monkeypatch) -> None:
+    """As ``--ckpt_path`` does: a run directory means its ``last.ckpt``, and ``last`` the newest under
+    ``./lightning_logs`` (record said both did not exist, while its message suggested 'last')."""
+    pytest.importorskip("imageio_ffmpeg", reason="record writes mp4: the video extra")
+    shutil.copytree(fit_run.cwd / "lightning_logs", tmp_path / "lightning_logs")
+    monkeypatch.chdir(tmp_path)
+    last = Path("lightning_logs/version_0/videos/last")
+    for given in ("lightning_logs/version_0", "last"):
+        [recording] = video.record_checkpoint(given, 1)
+        assert recording.path == last / "seed-2000000.mp4", given
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
