@@ -9,7 +9,7 @@ from typing import Any, Literal
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import Tensor
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
@@ -57,6 +57,11 @@ from lit_dqn.scalars import is_logging_step, write_scalars
 
 class NonFiniteLossError(RuntimeError):
     """The TD loss became NaN or infinite: the weights are ruined, so training stops before saving them."""
+
+
+# Share of a logging interval's mean TD targets outside C51's atoms that means a range too narrow:
+# with a fitting range they leave it only at its edges, rarely.
+C51_OUTSIDE_WARNING = 0.5
 
 
 class DQN(L.LightningModule):
@@ -221,6 +226,8 @@ class DQN(L.LightningModule):
         self._schedule_max_steps: int | None = None  # the trainer.max_steps the run started with (setup)
         self._soft_update_pairs: tuple[list[Tensor], list[Tensor]] = ([], [])  # (target, online), see on_train_start
         self._loss_sum: Tensor | None = None  # the TD losses since the last check, summed (see _check_loss_finite)
+        self._outside_range: Tensor | None = None  # C51: share of mean targets outside the atoms, summed per update
+        self._range_checked = 0  # the update of the last range check
         self._updates_checked = 0  # updates whose loss is known to be finite
         self._world_size = 1  # processes training together (DDP ranks), from on_train_start
         self._count_step: StepCounter | None = None  # set when plain torch calls are exact, from on_train_start
@@ -338,6 +345,7 @@ class DQN(L.LightningModule):
 
         if is_logging_step(self.trainer, self.global_step):  # global_step counts this update already
             self._check_loss_finite()
+            self._check_c51_range()
             write_scalars(
                 self.trainer,
                 {
@@ -367,7 +375,11 @@ class DQN(L.LightningModule):
             )
             next_distribution = taken(next_outputs, best)  # [B, K]
         if hp.distributional == "c51":
-            target = categorical_targets(returns, discounts, next_distribution.softmax(dim=1), distribution.support)
+            next_probs = next_distribution.softmax(dim=1)  # [B, K]
+            if self._outside_range is not None:  # the mean targets C51's atoms cannot hold (see _check_c51_range)
+                mean_targets = returns + discounts * (next_probs @ distribution.support)  # [B]
+                self._outside_range.add_(((mean_targets < hp.v_min) | (mean_targets > hp.v_max)).float().mean())
+            target = categorical_targets(returns, discounts, next_probs, distribution.support)
             return categorical_loss(outputs, batch.actions, target)
         return quantile_huber_loss(outputs, batch.actions, quantile_targets(returns, discounts, next_distribution))
 
@@ -377,6 +389,26 @@ class DQN(L.LightningModule):
         updates with ``tau=1``."""
         if self.global_step % self.hparams.target_update_interval == 0:
             soft_update(*self._soft_update_pairs, self.hparams.tau)
+
+    def _check_c51_range(self) -> None:
+        """Warn once when most mean TD targets ``r + γ·E[Z′]`` fell outside ``[v_min, v_max]`` since the
+        last logging step: the atoms cannot hold the env's returns (C51's default ±10 on an env whose
+        returns reach −100, say), every target is squashed onto an end atom, and the net learns little,
+        silently. Read on logging steps only, like the loss check: reading is a host sync."""
+        if self._outside_range is None:
+            return
+        updates = max(self.global_step - self._range_checked, 1)
+        share = self._outside_range.item() / updates
+        self._outside_range.zero_()
+        self._range_checked = self.global_step
+        if share > C51_OUTSIDE_WARNING:
+            hp = self.hparams
+            rank_zero_warn(
+                f"C51: {share:.0%} of the mean TD targets of the last {updates} updates fell outside "
+                f"[model.v_min, model.v_max] = [{hp.v_min:g}, {hp.v_max:g}]: the atoms cannot hold these "
+                "returns; set model.v_min and model.v_max to cover the env's discounted returns"
+            )
+            self._outside_range = None  # once a run
 
     def _check_loss_finite(self) -> None:
         """Stop if any TD loss since the last check was NaN or infinite.
@@ -420,6 +452,9 @@ class DQN(L.LightningModule):
         self._world_size = world()[1]
         self._count_step = StepCounter(self.trainer) if plain_calls_are_exact(self.trainer) else None
         self._loss_sum = torch.zeros((), device=self.device)
+        if self.hparams.distributional == "c51":
+            self._outside_range = torch.zeros((), device=self.device)
+            self._range_checked = self.global_step
         self._updates_checked = self.global_step
         if self._noisy_layers:  # each rank draws its own noise
             rank, world_size = world()

@@ -3,6 +3,8 @@ then inside real fits with every other switch (Double DQN, dueling, n-step, prio
 masks on the bootstrap action of both heads."""
 
 import math
+import re
+import warnings
 
 import lightning as L
 import pytest
@@ -24,7 +26,7 @@ from lit_dqn.losses import (
 )
 from lit_dqn.networks import Categorical, DuelingQNetwork, NoisyLinear, QNetwork, Quantiles
 
-from .conftest import KeepSampledBatch, make_cli
+from .conftest import ROOT, KeepSampledBatch, make_cli
 
 SUPPORT = torch.tensor([-1.0, 0.0, 1.0])  # three atoms, one apart
 
@@ -258,6 +260,29 @@ def test_noisy_nets_draw_new_noise_every_update_and_act_greedily_without_it(tmp_
         not torch.equal(a, b) for a, b in zip(watch.online, watch.online[1:], strict=False)
     )  # new noise each update
     assert all(not torch.equal(a, b) for a, b in zip(watch.online, watch.target, strict=True))  # drawn independently
+
+
+@pytest.mark.parametrize(("v_min", "v_max", "warned"), [(-0.5, 0.5, True), (-100.0, 0.0, False)])
+def test_c51_warns_once_when_its_atoms_cannot_hold_the_returns(
+    v_min: float, v_max: float, warned: bool, tmp_path
+) -> None:
+    """Acrobot's returns reach −100: a range that cannot hold them (C51's default ±10, once the net
+    has learned them; ±0.5 from the first update, its −1 rewards alone leaving it) squashes every
+    target onto its lowest atom and the net learns little, silently. Most mean targets outside the
+    range is one warning, however many logging steps; a range that covers the returns is none."""
+    args = ["--model.distributional=c51", f"--model.v_min={v_min}", f"--model.v_max={v_max}"]
+    args += ["--trainer.max_steps=400", "--trainer.log_every_n_steps=100", "--trainer.val_check_interval=400"]
+    args += ["--data.eval_episodes=1", "--trainer.enable_progress_bar=false"]
+    cli, _ = make_cli(tmp_path, *args, config=ROOT / "configs" / "acrobot.yaml")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    range_warnings = [str(w.message) for w in caught if str(w.message).startswith("C51:")]
+    assert len(range_warnings) == int(warned), range_warnings
+    if warned:
+        assert re.match(
+            r"C51: \d+% of the mean TD targets of the last 100 updates fell outside .* = \[-0.5, 0.5\]", range_warnings[0]
+        )
 
 
 def checkpoint_of(model: DQN) -> dict:
