@@ -143,6 +143,5 @@ def quantile_huber_loss(quantiles: Tensor, actions: Tensor, targets: Tensor, kap
     target = targets.detach()[:, None, :].expand_as(theta)  # [B, N, N′], T_j along i
     # Huber_κ(u) is even, so Huber of (θ, T) is Huber_κ(T − θ); one fused op, with no tensor of u
     huber = F.huber_loss(theta, target, reduction="none", delta=kappa)  # [B, N, N′]
-    with torch.no_grad():  # |τ̂_i − 1{u < 0}| = 0.5 + (τ̂_i − 0.5) · sign(u); at u = 0 Huber and its slope are 0
-        weight = (target - theta).sign_().mul_(tau[:, None] - 0.5).add_(0.5)  # [B, N, N′], in place (cheaper)
+    weight = (tau[None, :, None] - (target < theta).to(theta.dtype)).abs()  # |τ̂_i − 1{u < 0}|
     return (weight * huber).sum(dim=1).mean(dim=1) / kappa
