@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -167,7 +167,7 @@ class GracefulStop(L.Callback):
         checkpoint = trainer.checkpoint_callback
         if checkpoint is None or checkpoint.dirpath is None or not checkpoint.save_last:
             return
-        path = Path(checkpoint.dirpath) / f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}"
+        path = Path(checkpoint.last_model_path) if checkpoint.last_model_path else _free_last_path(checkpoint)
         # Unless the last validation saved this very state (on every rank alike: all ranks must save).
         if self._saved_step != trainer.global_step:
             trainer.save_checkpoint(path, weights_only=False)  # the full state, to resume from
@@ -179,3 +179,14 @@ class GracefulStop(L.Callback):
             signal.signal(signum, previous)
         self._previous.clear()
         clear_stop()
+
+
+def _free_last_path(checkpoint: ModelCheckpoint) -> Path:
+    """Where this run's first last checkpoint goes: ``last.ckpt``, or, in a folder another run's fills
+    (runs without a logger share ``checkpoints/``), the next free ``last-vN.ckpt``, as Lightning's
+    version counter names it; writing ``last.ckpt`` replaced the other run's."""
+    name, extension, join = checkpoint.CHECKPOINT_NAME_LAST, checkpoint.FILE_EXTENSION, checkpoint.CHECKPOINT_JOIN_CHAR
+    path, version = Path(checkpoint.dirpath) / f"{name}{extension}", checkpoint.STARTING_VERSION
+    while path.exists():
+        path, version = Path(checkpoint.dirpath) / f"{name}{join}v{version}{extension}", version + 1
+    return path

@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import re
 import sys
 import uuid
 import zipfile
@@ -142,7 +143,12 @@ def report_changed_hyperparameters(
         print(f"Resuming with values that differ from the checkpoint's: {', '.join(changed)}{hint}", file=sys.stderr)
 
 
-LAST_FILES = "last*.ckpt"  # last.ckpt, or Lightning's last-vN.ckpt beside an earlier run's in the same folder
+LAST_FILES = re.compile(r"last(-v\d+)?\.ckpt")  # last.ckpt, or Lightning's last-vN.ckpt beside an earlier run's
+
+
+def last_files(folder: Path) -> list[Path]:
+    """The last checkpoints in ``folder`` (``LAST_FILES``), not a user's ``last-...`` or ``lastbest`` ones."""
+    return [path for path in folder.glob("last*.ckpt") if LAST_FILES.fullmatch(path.name)]
 
 
 def latest_last_checkpoint(log_root: Path) -> tuple[Path, dict[str, Any]] | None:
@@ -151,7 +157,8 @@ def latest_last_checkpoint(log_root: Path) -> tuple[Path, dict[str, Any]] | None
     read (cut short by a full disk, say) is skipped, with one line saying so."""
     # checkpoints/ directly under the root: runs without a logger (``trainer.logger: false``), which
     # share it, so Lightning names a later run's last-v1.ckpt, last-v2.ckpt, ...
-    found = [*log_root.glob(f"version_*/checkpoints/{LAST_FILES}"), *log_root.glob(f"checkpoints/{LAST_FILES}")]
+    folders = [*log_root.glob("version_*/checkpoints"), log_root / "checkpoints"]
+    found = [path for folder in folders for path in last_files(folder)]
     candidates = sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
     for path in candidates:
         try:
@@ -167,7 +174,7 @@ def checkpoint_in(path: Path) -> Path:
     if not path.is_dir():
         return path
     for folder in (path, path / "checkpoints"):
-        lasts = list(folder.glob(LAST_FILES))
+        lasts = last_files(folder)
         if lasts:
             return max(lasts, key=lambda p: p.stat().st_mtime)
     found = [*path.glob("*.ckpt"), *path.glob("checkpoints/*.ckpt")]

@@ -126,11 +126,12 @@ class DQNCLI(LightningCLI):
 
     @staticmethod
     def _last_checkpoint(root: Path) -> tuple[Path, dict]:
+        """``--ckpt_path last``: the newest readable last checkpoint under ``root``, or one line."""
         found = latest_last_checkpoint(root)
         if found is None:
             raise ConfigError(
                 f"ckpt_path='last' found no readable {root}/version_*/checkpoints/last.ckpt "
-                f"(or {root}/checkpoints/last.ckpt)"
+                f"(or {root}/checkpoints/last.ckpt, last-vN.ckpt)"
             )
         return found
 
@@ -231,7 +232,8 @@ class DQNCLI(LightningCLI):
         self._resolve_ckpt_path("test")
 
     def _resolve_ckpt_path(self, subcommand: str) -> None:
-        """Turn ``last`` into the newest ``last.ckpt`` and check a checkpoint fits before any work starts.
+        """Turn fit's ``last`` into the newest ``last.ckpt`` (validate and test did in ``_parse_ckpt_path``,
+        before their model was built from it) and check a checkpoint fits before any work starts.
 
         Lightning only looks for ``last`` in the *new* run's directory (a new ``version_N``), where
         there is none yet, and would silently start from scratch.

@@ -292,7 +292,10 @@ class EnvSpec:
         first validation. One line now, naming the version to give."""
         register_family(self.env_id)
         prefix, _, env_name = self.env_id.rpartition(":")
-        namespace, name, version = parse_env_id(env_name)
+        try:
+            namespace, name, version = parse_env_id(env_name)
+        except gym.error.Error:  # not an id at all ("Cart Pole-v1"): making it says so, with close ids
+            return
         latest = find_highest_version(namespace, name) if version is None and env_name not in gym.registry else None
         if latest is not None:
             versioned = f"{prefix}:{env_name}-v{latest}" if prefix else f"{env_name}-v{latest}"

@@ -492,8 +492,9 @@ class DQN(L.LightningModule):
         trainer.should_stop = strategy.reduce_boolean_decision(stop, all=False)
 
     def on_train_end(self) -> None:
-        """Report a loss that went non-finite after the last check."""
+        """Report a loss that went non-finite, or C51 targets outside the atoms, after the last check."""
         self._check_loss_finite()
+        self._check_c51_range()
 
     def on_validation_start(self) -> None:
         """Stop before scoring ruined weights: with logging off, validation is the regular check."""

@@ -285,12 +285,18 @@ def test_without_a_logger_plots_videos_and_last_go_to_the_root_dir(tmp_path, mon
     found = latest_last_checkpoint(tmp_path)
     assert found is not None and found[0] == tmp_path / "checkpoints/last.ckpt"
     # a second such run (its config.yaml moved away: Lightning refuses to replace it) shares checkpoints/,
-    # where Lightning names its last last-v1.ckpt: that is the newest
+    # where Lightning names its last last-v1.ckpt: that is the newest. Its final save, after its
+    # validation's, goes there too: it wrote last.ckpt, over the first run's final state.
     (tmp_path / "config.yaml").rename(tmp_path / "first-config.yaml")
-    cli, _ = make_cli(tmp_path, "--trainer.logger=false", "--trainer.max_steps=40", *SMALL_WARMUP)
+    args = ("--trainer.logger=false", "--trainer.max_steps=40", "--trainer.val_check_interval=30", *SMALL_WARMUP)
+    cli, _ = make_cli(tmp_path, *args)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     found = latest_last_checkpoint(tmp_path)
     assert found is not None and found[0] == tmp_path / "checkpoints/last-v1.ckpt" and found[1]["global_step"] == 40
+    assert torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 60  # the first run's
+    # a file a user's ModelCheckpoint names last-something is not a last checkpoint
+    shutil.copy(tmp_path / "checkpoints/last.ckpt", tmp_path / "checkpoints/last-best.ckpt")
+    assert latest_last_checkpoint(tmp_path)[0] == tmp_path / "checkpoints/last-v1.ckpt"
 
 
 @pytest.mark.parametrize("listed", [False, True], ids=["added", "listed-in-the-config"])

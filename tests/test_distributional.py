@@ -281,7 +281,8 @@ def test_c51_warns_once_when_its_atoms_cannot_hold_the_returns(
     assert len(range_warnings) == int(warned), range_warnings
     if warned:
         assert re.match(
-            r"C51: \d+% of the mean TD targets of the last 100 updates fell outside .* = \[-0.5, 0.5\]", range_warnings[0]
+            r"C51: \d+% of the mean TD targets of the last 100 updates fell outside .* = \[-0.5, 0.5\]",
+            range_warnings[0],
         )
 
 

@@ -36,6 +36,7 @@ BAD_INPUTS = [
     (["--data.updates_per_training_step=20"], ["data.updates_per_training_step was removed", "count updates"]),
     (["--data.env_id=CartPol-v1"], ["data.env_id='CartPol-v1'", "did you mean 'CartPole-v1'"]),
     (["--data.env_id=CartPole"], ["data.env_id='CartPole' needs its version, e.g. 'CartPole-v1'"]),
+    (["--data.env_id=Cart Pole-v1"], ["data.env_id='Cart Pole-v1' cannot be made", "did you mean 'CartPole-v1'"]),
     (["--seed_everything=-1"], ["seed_everything=-1 must be in [0, 4294967295]"]),
     (["--data.seed=-3"], ["data.seed=-3", ">= 0"]),
     (["--data.test_seed=-1"], ["data.test_seed=-1", ">= 0"]),
