@@ -651,6 +651,9 @@ def _spawned_worker(settings: Settings, n_trials: int, worker: int) -> None:
 def create_study(settings: Settings) -> optuna.Study:
     """Create the study, or load it if it exists and was made for the same experiment."""
     direction = OBJECTIVES[settings.objective]
+    database = settings.storage.split("///", 1)[1] if settings.storage.startswith("sqlite:///") else None
+    if database is not None and not Path(database).exists():
+        _check_output_dir_free(settings.output_dir)  # before a database is made for nothing
     storage = open_storage(settings.storage)
     if _one_machine(settings) and settings.study_name not in optuna.study.get_all_study_names(storage):
         _check_output_dir_free(settings.output_dir)  # before a study is made for nothing

@@ -480,7 +480,7 @@ def test_one_output_folder_per_study(tmp_path: Path, capsys) -> None:
     second = f"sqlite:///{tmp_path / 'b.db'}"
     with pytest.raises(ConfigError, match=r"output_dir='.*cartpole' holds the runs of another study"):
         tune(config=str(CONFIG), search=space, n_trials=1, storage=second, fit=fit)
-    assert not (tmp_path / "b.db").exists() or "cartpole" not in optuna.study.get_all_study_names(second)
+    assert not (tmp_path / "b.db").exists()  # refused before its database was made
     with pytest.raises(ConfigError, match=r"study 'cartpole' keeps its runs in .*cartpole: leave --output_dir out"):
         tune(config=str(CONFIG), search=space, n_trials=1, storage=first, output_dir=str(tmp_path / "new"), fit=fit)
     # moved with its database, a study continues in its own folder, not in the new default beside it
