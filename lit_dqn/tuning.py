@@ -720,9 +720,8 @@ def _claim_output_dir(settings: Settings, study: optuna.Study) -> None:
         token = os.urandom(8).hex()
         study.set_user_attr("output_token", token)
     _check_output_dir_free(folder, token)
-    marker = Path(folder) / STUDY_MARKER
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(f"{token}\n")
+    check_writable("output_dir", Path(folder), "every trial's runs and best.yaml")  # the study's own, if kept
+    (Path(folder) / STUDY_MARKER).write_text(f"{token}\n")
 
 
 def _one_machine(settings: Settings) -> bool:

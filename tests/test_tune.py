@@ -491,6 +491,10 @@ def test_one_output_folder_per_study(tmp_path: Path, capsys) -> None:
     assert tune(config=str(CONFIG), search=space, n_trials=1, storage=moved, fit=fit) == 0
     assert f"runs in {tmp_path / 'cartpole'}" in capsys.readouterr().err
     assert (tmp_path / "cartpole" / "trial_0001").is_dir() and not (tmp_path / "moved" / "cartpole").exists()
+    # the folder a study keeps, no longer writable (here: moved under /proc), is one line, not a traceback
+    optuna.load_study(study_name="cartpole", storage=moved).set_user_attr("output_dir", "/proc/lit_dqn_study")
+    with pytest.raises(ConfigError, match=r"output_dir='/proc/lit_dqn_study' cannot be written"):
+        tune(config=str(CONFIG), search=space, n_trials=1, storage=moved, fit=fit)
 
 
 def test_a_root_dir_for_the_trials_is_refused_in_favour_of_output_dir(tmp_path: Path) -> None:
