@@ -149,6 +149,15 @@ class ActionMasks:
         return masks
 
 
+def _import_named(field: str, path: str, hint: str = "") -> Any:
+    """``_import_class(path)`` for the config key ``field``: whatever the user's module raises is one line."""
+    try:
+        return _import_class(path)
+    except Exception as error:
+        message = str(error).splitlines()[0] if str(error) else ""
+        raise ConfigError(f"{field}={path!r} cannot be imported: {type(error).__name__}: {message}{hint}") from None
+
+
 def _import_class(path: str) -> Any:
     module_name, _, name = path.rpartition(".")
     if not module_name:
@@ -202,14 +211,7 @@ class EnvSpec:
         """The user's wrappers as ``env -> wrapped env`` callables; an import error is one line."""
         factories = []
         for i, wrapper in enumerate(self.wrappers):
-            try:
-                cls = _import_class(wrapper["class_path"])
-            except Exception as error:  # the user's module: whatever it raises, one line naming it
-                message = str(error).splitlines()[0] if str(error) else ""
-                raise ConfigError(
-                    f"data.wrappers[{i}].class_path={wrapper['class_path']!r} cannot be imported: "
-                    f"{type(error).__name__}: {message}"
-                ) from None
+            cls = _import_named(f"data.wrappers[{i}].class_path", wrapper["class_path"])
             init_args = _functions_imported(i, cls, dict(wrapper.get("init_args") or {}))
             factories.append(functools.partial(_wrap, i, cls, init_args))
         return factories
@@ -482,16 +484,10 @@ def _functions_imported(index: int, cls: type, init_args: dict[str, Any]) -> dic
         parameter = parameters.get(key)
         if parameter is None or not isinstance(value, str) or "Callable" not in str(parameter.annotation):
             continue
-        try:
-            function = _import_class(value)
-        except Exception as error:  # the user's module: whatever it raises, one line naming it
-            message = str(error).splitlines()[0] if str(error) else ""
-            raise ConfigError(
-                f"data.wrappers[{index}].init_args.{key}={value!r} cannot be imported: {type(error).__name__}: "
-                f"{message}; give a function's dotted path, e.g. numpy.sign"
-            ) from None
+        field = f"data.wrappers[{index}].init_args.{key}"
+        function = _import_named(field, value, "; give a function's dotted path, e.g. numpy.sign")
         if not callable(function):
-            raise ConfigError(f"data.wrappers[{index}].init_args.{key}={value!r} is not a function")
+            raise ConfigError(f"{field}={value!r} is not a function")
         imported[key] = function
     return imported
 
