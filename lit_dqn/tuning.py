@@ -651,7 +651,7 @@ def _spawned_worker(settings: Settings, n_trials: int, worker: int) -> None:
 def create_study(settings: Settings) -> optuna.Study:
     """Create the study, or load it if it exists and was made for the same experiment."""
     direction = OBJECTIVES[settings.objective]
-    database = settings.storage.split("///", 1)[1] if settings.storage.startswith("sqlite:///") else None
+    database = _sqlite_file(settings.storage)
     if database is not None and not Path(database).exists():
         _check_output_dir_free(settings.output_dir)  # before a database is made for nothing
     storage = open_storage(settings.storage)
@@ -722,6 +722,11 @@ def _claim_output_dir(settings: Settings, study: optuna.Study) -> None:
     _check_output_dir_free(folder, token)
     check_writable("output_dir", Path(folder), "every trial's runs and best.yaml")  # the study's own, if kept
     (Path(folder) / STUDY_MARKER).write_text(f"{token}\n")
+
+
+def _sqlite_file(storage: str) -> str | None:
+    """The database file of an ``sqlite:///FILE`` storage URL; ``None`` for any other storage."""
+    return storage.split("///", 1)[1] if storage.startswith("sqlite:///") else None
 
 
 def _one_machine(settings: Settings) -> bool:
@@ -860,7 +865,7 @@ def _settings(given: dict[str, Any]) -> Settings:
     storage = given["storage"] or f"sqlite:///lightning_logs/tune/{study_name}.db"
     output_dir = given["output_dir"]
     if output_dir is None:
-        database = storage.split("///", 1)[1] if storage.startswith("sqlite:///") else None
+        database = _sqlite_file(storage)
         output_dir = str((Path(database).parent if database else Path("lightning_logs/tune")) / study_name)
     if storage.startswith("sqlite://") and storage.rstrip("/").endswith((":memory:", "sqlite:")):
         raise ConfigError(
